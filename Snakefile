@@ -1,0 +1,20 @@
+# snaketune: tool-use / instruction data -> evaluated, exported LoRA specialists, reproducibly.
+# Stages live in workflow/rules/*.smk; their logic in the snaketune package (workflow/scripts/snaketune).
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/env.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+
+
+rule all:
+    input:
+        ALL_TARGETS,
+    default_target: True

@@ -1,0 +1,43 @@
+# Data stage: the demo dataset (when enabled) and the validated, deduplicated, seeded split.
+
+
+rule demo_dataset:
+    output:
+        "results/data/raw/demo.jsonl",
+    params:
+        rows=config["data"]["demo"]["rows"],
+        seed=config["data"]["demo"]["seed"],
+    log:
+        "logs/data/demo_dataset.log",
+    conda:
+        "../../envs/data.yaml"
+    script:
+        "../scripts/demo_dataset.py"
+
+
+rule prepare_data:
+    input:
+        sources=data_sources(),
+        verified=ancient("results/env/verify.json"),
+    output:
+        train="results/data/train.jsonl",
+        val="results/data/val.jsonl",
+        test="results/data/test.jsonl",
+        stats="results/data/split_stats.json",
+        rejected="results/data/rejected.jsonl",
+    params:
+        formats=source_formats(),
+        split=config["data"]["split"],
+        on_invalid=config["data"]["on_invalid"],
+        specialists=specialist_focus_tools(),
+    log:
+        "logs/data/prepare_data.log",
+    benchmark:
+        "benchmarks/data/prepare_data.tsv"
+    conda:
+        "../../envs/data.yaml"
+    script:
+        "../scripts/prepare_data.py"
+
+
+ALL_TARGETS.append("results/data/split_stats.json")

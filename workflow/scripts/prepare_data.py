@@ -1,0 +1,14 @@
+"""Entry script of rule prepare_data: wires Snakemake's objects to snaketune.data."""
+from snaketune.data import prepare_data
+from snaketune.logs import to_log_file
+
+with to_log_file(snakemake.log[0]):
+    split = dict(snakemake.params.split)
+    prepare_data(
+        sources={path: snakemake.params.formats.get(path, "auto") for path in snakemake.input.sources},
+        outputs={name: snakemake.output[name] for name in ("train", "val", "test", "stats", "rejected")},
+        ratios={k: split[k] for k in ("train", "val", "test")},
+        seed=split["seed"],
+        on_invalid=snakemake.params.on_invalid,
+        specialists=snakemake.params.specialists,
+    )

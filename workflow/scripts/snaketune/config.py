@@ -1,0 +1,104 @@
+"""Config questions the rules ask: checks beyond the schema, and each specialist's merged settings."""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import re
+from pathlib import Path
+
+import yaml
+
+from .errors import SnaketuneError
+
+SPECIALIST_NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+TINY_BASE_DIR = "results/base/tiny"
+
+
+def load_schema(path) -> dict:
+    return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+
+
+def _resolve(schema: dict, node: dict) -> dict:
+    ref = node.get("$ref")
+    if ref and ref.startswith("#/"):
+        target = schema
+        for part in ref[2:].split("/"):
+            target = target[part]
+        merged = dict(target)
+        merged.update({k: v for k, v in node.items() if k != "$ref"})
+        return merged
+    return node
+
+
+def unknown_keys(config, schema: dict, node: dict | None = None, prefix: str = ""):
+    """Yield (key path, suggestion) for every key the schema does not know (misspellings)."""
+    node = _resolve(schema, schema if node is None else node)
+    if not isinstance(config, dict) or node.get("type") not in ("object", None):
+        return
+    props = node.get("properties", {})
+    extra = node.get("additionalProperties", True)
+    for key, value in config.items():
+        path = f"{prefix}{key}"
+        if key in props:
+            yield from unknown_keys(value, schema, props[key], path + ".")
+        elif isinstance(extra, dict):
+            yield from unknown_keys(value, schema, extra, path + ".")
+        elif extra is False:
+            close = difflib.get_close_matches(str(key), list(props), n=1)
+            yield path, (close[0] if close else None)
+
+
+def check_config(config: dict, schema: dict, config_path: str = "config/config.yaml") -> None:
+    """Checks with messages a user can act on, run before Snakemake's validate()."""
+    for key, suggestion in unknown_keys(config, schema):
+        fix = f"did you mean '{suggestion}'?" if suggestion else "remove it (config/README.md lists every key)"
+        raise SnaketuneError(config_path, "unknown config key", field=key, fix=fix)
+    specialists = config.get("specialists") or {}
+    if not isinstance(specialists, dict) or not specialists:
+        raise SnaketuneError(config_path, "no specialists configured", field="specialists",
+                             fix="add at least one entry under 'specialists:'")
+    for name in specialists:
+        if not SPECIALIST_NAME.match(str(name)):
+            raise SnaketuneError(
+                config_path, f"specialist name {name!r} is not allowed (it becomes a path)",
+                field=f"specialists.{name}",
+                fix="use lowercase letters, digits and '-' only, starting with a letter or digit")
+    split = (config.get("data") or {}).get("split") or {}
+    ratios = [split.get(k, d) for k, d in (("train", 0.8), ("val", 0.1), ("test", 0.1))]
+    if all(isinstance(r, (int, float)) for r in ratios) and abs(sum(ratios) - 1.0) > 1e-6:
+        raise SnaketuneError(config_path, f"split ratios sum to {sum(ratios):g}, not 1",
+                             field="data.split", fix="make train + val + test equal 1.0")
+
+
+def deep_merge(base: dict, override: dict | None) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in (override or {}).items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def fill_stage_defaults(config: dict, schema: dict) -> dict:
+    """Fill every key of ``defaults.{lora,train,resources}`` from the schema's defaults.
+
+    validate() fills a block only when it is absent; a config that sets ``defaults.train.lr`` alone
+    must still get every other training default, and specialists must not (they override sparsely).
+    """
+    blocks = schema["properties"]["defaults"]["properties"]
+    config.setdefault("defaults", {})
+    for block, node in blocks.items():
+        config["defaults"][block] = deep_merge(node.get("default", {}), config["defaults"].get(block))
+    return config
+
+
+def specialist_settings(config: dict, name: str) -> dict:
+    """The specialist's settings over config['defaults'] (deep merge), plus its name."""
+    spec = config["specialists"][name] or {}
+    merged = deep_merge(config.get("defaults", {}), {k: spec[k] for k in ("lora", "train", "resources") if k in spec})
+    merged["name"] = name
+    merged["system_prompt"] = spec.get("system_prompt", "")
+    merged["focus_tools"] = list(spec.get("focus_tools", []))
+    return merged

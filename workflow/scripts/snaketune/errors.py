@@ -1,0 +1,41 @@
+"""The one exception type for errors a user can fix, printed as one line naming where and how."""
+
+from __future__ import annotations
+
+
+class SnaketuneError(Exception):
+    """A problem in the user's data, config or environment.
+
+    Printed as ``path:line: field: problem (fix: ...)`` so a user can jump to the place.
+    """
+
+    def __init__(self, path=None, problem: str = "", *, line: int | None = None,
+                 field: str | None = None, fix: str | None = None):
+        self.path = None if path is None else str(path)
+        self.line = line
+        self.field = field
+        self.problem = problem
+        self.fix = fix
+        super().__init__(self.message)
+
+    @property
+    def message(self) -> str:
+        where = self.path or "<input>"
+        if self.line is not None:
+            where += f":{self.line}"
+        text = f"{where}: "
+        if self.field:
+            text += f"{self.field}: "
+        text += self.problem
+        if self.fix:
+            text += f" (fix: {self.fix})"
+        return text
+
+    def __str__(self) -> str:  # one line, whatever the parts hold
+        return self.message.replace("\n", " ")
+
+
+def config_error(key: str, problem: str, fix: str | None = None,
+                 path: str = "config/config.yaml") -> SnaketuneError:
+    """An error about a config key (the key path is the 'field')."""
+    return SnaketuneError(path, problem, field=key, fix=fix)
