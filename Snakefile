@@ -12,6 +12,8 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/env.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
+include: "workflow/rules/eval.smk"
+include: "workflow/rules/export.smk"
 
 
 rule all:

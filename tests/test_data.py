@@ -193,3 +193,62 @@ def test_prepare_data_writes_everything_or_nothing(tmp_path):
     assert stats["counts"] == {"train": 24, "val": 3, "test": 3}
     assert stats["per_tool"]["test"] == {"mesen2.run": 3}
     assert len(Path(outputs["test"]).read_text().splitlines()) == 3
+
+
+# ------------------------------------------------------------------ end to end (real Snakemake)
+
+from pipeline import make_workdir, planned_jobs, snakemake  # noqa: E402
+
+SPLIT_TARGET = "results/data/split_stats.json"
+DATA_RULES = {"prepare_data"}
+
+
+def tiny_config(**data):
+    config = {
+        "data": {"demo": {"enabled": True, "rows": 150, "seed": 7}, "split": {"train": 0.8, "val": 0.1, "test": 0.1, "seed": 1}},
+        "specialists": {"runner": {"focus_tools": ["mesen2.run"]}, "all-tools": {}},
+        "export": {"enabled": False},
+    }
+    config["data"].update(data)
+    return config
+
+
+@pytest.mark.e2e
+def test_data_stage_end_to_end(tmp_path):
+    a = make_workdir(tmp_path / "a", tiny_config())
+    snakemake(a, SPLIT_TARGET)
+    stats = json.loads((a / SPLIT_TARGET).read_text())
+    rows = {s: [json.loads(l) for l in (a / f"results/data/{s}.jsonl").read_text().splitlines()] for s in ("train", "val", "test")}
+    assert stats["counts"] == {s: len(r) for s, r in rows.items()}
+    assert stats["total"] + stats["duplicates_removed"] == 150
+    assert stats["per_tool"]["test"]["mesen2.run"] >= 1
+    ids = [r["id"] for rs in rows.values() for r in rs]
+    assert len(ids) == len(set(ids))
+    assert all(r["messages"][-1]["role"] == "assistant" for rs in rows.values() for r in rs)
+    verify = json.loads((a / "results/env/verify.json").read_text())
+    assert verify["checks"]
+
+    # up to date: nothing to do
+    assert planned_jobs(a, SPLIT_TARGET) == {}
+    # a new split seed reruns only the data rules
+    make_workdir(a, tiny_config(split={"train": 0.8, "val": 0.1, "test": 0.1, "seed": 2}))
+    assert set(planned_jobs(a, SPLIT_TARGET)) == DATA_RULES
+
+    # a second clean run gives the same bytes
+    b = make_workdir(tmp_path / "b", tiny_config())
+    snakemake(b, SPLIT_TARGET)
+    for name in ("train", "val", "test"):
+        assert (a / f"results/data/{name}.jsonl").read_bytes() == (b / f"results/data/{name}.jsonl").read_bytes()
+
+
+@pytest.mark.e2e
+def test_malformed_source_line_stops_with_file_and_line(tmp_path):
+    work = tmp_path / "w"
+    work.mkdir()
+    good = chat("run 60 frames")
+    write(work / "mine.jsonl", [good, chat("run 61", args='{"frames": 61}'), '{"messages": [oops', chat("x")])
+    make_workdir(work, tiny_config(demo={"enabled": False}, sources=[{"path": "mine.jsonl"}]))
+    proc = snakemake(work, SPLIT_TARGET, check=False)
+    assert proc.returncode != 0
+    assert "mine.jsonl:3: not valid JSON" in proc.stdout + proc.stderr
+    assert not (work / "results/data").exists() or not any((work / "results/data").rglob("*.jsonl"))

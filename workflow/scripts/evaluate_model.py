@@ -1,0 +1,16 @@
+"""Entry script of rules evaluate_base / evaluate_tuned: wires Snakemake's objects to snaketune.evaluation."""
+from snaketune.evaluation import evaluate
+from snaketune.logs import to_log_file
+
+with to_log_file(snakemake.log[0]):
+    evaluate(
+        base_cfg=snakemake.params.base_cfg,
+        test_path=snakemake.input.test,
+        settings=snakemake.params.spec,
+        eval_cfg=snakemake.params.eval_cfg,
+        adapter_dir=snakemake.input.get("adapter"),
+        out_json=snakemake.output.result,
+        out_generations=snakemake.output.generations,
+        out_timing=snakemake.output.timing,
+        threads=snakemake.threads,
+    )
