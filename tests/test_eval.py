@@ -1,0 +1,116 @@
+"""Eval stage: batched generation equals one-at-a-time, the eval JSON is valid and can be rechecked
+from the generations file, the summary matches the per-specialist JSONs."""
+
+import json
+
+import pytest
+
+from snaketune.data import normalise_row
+from snaketune.demo import generate_demo_rows
+from snaketune.evaluation import (
+    build_prompts,
+    generate,
+    rescore_generations,
+    summarise,
+    validate_result,
+)
+from snaketune.files import write_jsonl
+
+SETTINGS = {"name": "runner", "system_prompt": "Drive the emulator.", "focus_tools": [],
+            "train": {"tools_rendered": "all"}}
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    from snaketune.modeling import build_tiny_base, load_base
+
+    tmp = tmp_path_factory.mktemp("tiny")
+    rows = [normalise_row(r) for r in generate_demo_rows(60, seed=3)]
+    write_jsonl(tmp / "train.jsonl", rows)
+    build_tiny_base(tmp / "train.jsonl", tmp / "base",
+                    {"architecture": "qwen2", "vocab_size": 512, "hidden_size": 64, "intermediate_size": 128,
+                     "num_layers": 1, "num_heads": 2, "num_kv_heads": 1, "max_position_embeddings": 1024,
+                     "seed": 1})
+    model, tokenizer = load_base({"name_or_path": str(tmp / "base")})
+    tokenizer.padding_side = "left"
+    return model.eval(), tokenizer, rows
+
+
+def test_batched_generation_equals_one_at_a_time(tiny_model):
+    model, tokenizer, rows = tiny_model
+    prompts = build_prompts(tokenizer, rows[:7], SETTINGS)
+    ids = [p["ids"] for p in prompts]
+    assert len({len(i) for i in ids}) > 1  # the batch really needs padding
+    batched, n_batched = generate(model, tokenizer, ids, batch_size=4, max_new_tokens=12, progress=False)
+    single = [generate(model, tokenizer, [i], batch_size=1, max_new_tokens=12, progress=False)[0][0] for i in ids]
+    assert batched == single
+    assert n_batched == sum(min(len(s) + 1, 12) for s in single)
+
+
+def test_prompt_is_the_chat_without_its_answer(tiny_model):
+    _, tokenizer, rows = tiny_model
+    prompt = build_prompts(tokenizer, rows[:1], SETTINGS)[0]
+    text = tokenizer.decode(prompt["ids"])
+    assert text.startswith("<|im_start|>system\nDrive the emulator.")
+    assert text.endswith("<|im_start|>assistant\n")
+    assert "<tool_call>\n{" not in text.split("</tools>")[1]
+
+
+def gen_record(rid, text, gold, tools=("a", "b")):
+    return {"id": rid, "kind": "tool", "text": text, "gold_calls": gold, "tool_names": list(tools)}
+
+
+def test_rescore_from_generations_file(tmp_path):
+    gold = [{"name": "a", "arguments": {"x": 1}}]
+    records = [
+        gen_record("1", '<tool_call>\n{"name": "a", "arguments": {"x": 1.0}}\n</tool_call>', gold),
+        gen_record("2", '<tool_call>\n{"name": "a", "arguments": {"x": 2}}\n</tool_call>', gold),
+        gen_record("3", '<tool_call>\n{"name": "b", "arguments": {"x": 1}}\n</tool_call>', gold),
+        gen_record("4", "no call at all", gold),
+    ]
+    write_jsonl(tmp_path / "g.jsonl", records)
+    scores = rescore_generations(tmp_path / "g.jsonl", {"exact_match": 0.9, "tool_accuracy": 0.5, "param_f1": 0.5})
+    m = scores["tool"]
+    assert m["exact_match"] == 0.25 and m["tool_accuracy"] == 0.5 and m["json_valid_rate"] == 0.75
+    # triples: tp 1 (rec 1); fp 2 (rec 2, 3); fn 3 (rec 2, 3, 4)
+    assert (m["param_tp"], m["param_fp"], m["param_fn"]) == (1, 2, 3)
+    assert m["param_f1"] == pytest.approx(2 * (1 / 3) * (1 / 4) / (1 / 3 + 1 / 4))
+    assert scores["targets"]["tool_accuracy"] == {"value": 0.5, "target": 0.5, "passed": True}
+    assert scores["targets"]["exact_match"]["passed"] is False
+
+
+def result(name, model, tool_acc, exact):
+    metrics = {"exact_match": exact, "tool_accuracy": tool_acc, "param_precision": exact, "param_recall": exact,
+               "param_f1": exact, "json_valid_rate": 1.0, "unknown_tool_rate": 0.0, "n": 10, "per_tool": {}}
+    targets = {"tool_accuracy": {"value": tool_acc, "target": 0.9, "passed": tool_acc >= 0.9}}
+    out = {"specialist": name, "model": model, "n_examples": 10, "metrics": metrics, "text_metrics": None,
+           "test_loss": 1.0, "perplexity": 2.718, "targets": targets,
+           "targets_met": all(t["passed"] for t in targets.values()),
+           "generation": {"batch_size": 8, "max_new_tokens": 32, "decoding": "greedy", "stop_tokens": ["<|im_end|>"],
+                          "generated_tokens": 100},
+           "hashes": {"base_model": "x@y", "adapter": None if model == "base" else "sha256:" + "0" * 64,
+                      "test_file": "sha256:" + "1" * 64}}
+    validate_result(out)
+    return out
+
+
+def test_summary_rows_match_the_jsons(tmp_path):
+    paths = {"base": {}, "tuned": {}}
+    for name, (b, t) in {"alpha": (0.1, 0.95), "beta": (0.0, 0.5)}.items():
+        for kind, acc in (("base", b), ("tuned", t)):
+            p = tmp_path / f"{kind}-{name}.json"
+            p.write_text(json.dumps(result(name, kind, acc, acc / 2)))
+            paths[kind][name] = p
+    summary = summarise(paths["base"], paths["tuned"], tmp_path / "s.json", tmp_path / "s.md")
+    alpha, beta = summary["specialists"]
+    assert alpha["metrics"]["tool_accuracy"] == {"base": 0.1, "tuned": 0.95, "delta": pytest.approx(0.85)}
+    assert alpha["targets_met"] is True and beta["targets_met"] is False
+    md = (tmp_path / "s.md").read_text()
+    assert "| alpha | 10 |" in md and "0.100 → 0.950 (+0.850)" in md
+
+
+def test_schema_refuses_a_broken_result():
+    bad = result("alpha", "tuned", 0.5, 0.5)
+    bad["metrics"]["tool_accuracy"] = 1.5
+    with pytest.raises(RuntimeError, match="tool_accuracy"):
+        validate_result(bad)
