@@ -252,3 +252,47 @@ def test_malformed_source_line_stops_with_file_and_line(tmp_path):
     assert proc.returncode != 0
     assert "mine.jsonl:3: not valid JSON" in proc.stdout + proc.stderr
     assert not (work / "results/data").exists() or not any((work / "results/data").rglob("*.jsonl"))
+
+
+# ------------------------------------------------------------------ fuzzing: never a stray exception
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4),
+    max_leaves=20,
+)
+roles = st.sampled_from(["system", "user", "assistant", "tool", "human", 3, None])
+calls = st.fixed_dictionaries({"type": st.just("function"), "function": st.fixed_dictionaries(
+    {"name": st.sampled_from(["mesen2.run", "mesen2.load_rom", "nope", ""]),
+     "arguments": st.one_of(st.text(max_size=20), st.just('{"frames": 3}'), st.just('{"path": 1}'), json_values)})})
+messages = st.lists(st.fixed_dictionaries({"role": roles},
+                                          optional={"content": st.one_of(st.none(), st.text(max_size=20), json_values),
+                                                    "tool_calls": st.one_of(st.lists(calls, max_size=2), json_values)}),
+                    max_size=4)
+near_rows = st.fixed_dictionaries({"messages": messages},
+                                  optional={"tools": st.one_of(st.just(TOOLS), st.lists(json_values, max_size=2), json_values)})
+instruction_rows = st.fixed_dictionaries({"instruction": st.one_of(st.text(max_size=10), json_values)},
+                                         optional={"input": st.one_of(st.text(max_size=10), json_values),
+                                                   "output": st.one_of(st.text(max_size=10), json_values)})
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(json_values, near_rows, instruction_rows))
+def test_any_json_value_gives_a_row_or_our_error(value):
+    try:
+        row = normalise_row(value, path="fuzz.jsonl", line=1)
+    except SnaketuneError as err:
+        assert str(err).startswith("fuzz.jsonl:1: ")
+        return
+    assert row["messages"][-1]["role"] == "assistant" and len(row["id"]) == 16
+    json.dumps(row)  # the normalised row always serialises
+
+
+def test_deeply_nested_json_is_our_error(tmp_path):
+    err = error_of(tmp_path, ["[" * 100000 + "]" * 100000])
+    assert err.line == 1 and "nested too deeply" in err.problem
+    err = error_of(tmp_path, [chat("a", args="[" * 100000 + "]" * 100000)])
+    assert err.field == "messages[1].tool_calls[0].function.arguments"

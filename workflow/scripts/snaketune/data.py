@@ -96,6 +96,9 @@ def iter_lines(path):
             except json.JSONDecodeError as err:
                 raise SnaketuneError(path, f"not valid JSON: {err.msg} (column {err.colno})", line=number,
                                      fix="write one JSON object per line") from None
+            except RecursionError:
+                raise SnaketuneError(path, "JSON nested too deeply", line=number,
+                                     fix="flatten the row; conversations need only a few levels") from None
             seen_any = True
             yield number, value
     if not seen_any:
@@ -126,8 +129,9 @@ def _check_tool_calls(path, line, row) -> None:
             name = call["function"]["name"]
             try:
                 args = json.loads(call["function"]["arguments"])
-            except json.JSONDecodeError as err:
-                raise SnaketuneError(path, f"arguments are not a JSON string that parses ({err.msg})", line=line,
+            except (json.JSONDecodeError, RecursionError) as err:
+                reason = err.msg if isinstance(err, json.JSONDecodeError) else "nested too deeply"
+                raise SnaketuneError(path, f"arguments are not a JSON string that parses ({reason})", line=line,
                                      field=f"{where}.arguments", fix="encode the arguments object with json.dumps") from None
             if not isinstance(args, dict):
                 raise SnaketuneError(path, f"arguments decode to {type(args).__name__}, not an object", line=line,
