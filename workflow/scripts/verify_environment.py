@@ -1,0 +1,12 @@
+"""Rule verify: check this machine against the committed lock and the config (snaketune.verify)."""
+
+from snaketune.logs import to_log_file
+from snaketune.verify import verify_environment
+
+with to_log_file(snakemake.log[0]):
+    verify_environment(
+        locks={"cpu": snakemake.input.lock_cpu, "cuda": snakemake.input.lock_cuda},
+        data_paths=snakemake.params.data,
+        out_json=snakemake.output[0],
+        settings=snakemake.params.settings,
+    )
