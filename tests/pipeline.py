@@ -35,7 +35,7 @@ def snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 1800
     full_env = dict(os.environ)
     full_env.update(env or {})
     proc = subprocess.run(
-        [*SNAKEMAKE, "--cores", "2", "--resources", "gpu=1", *args],
+        [*SNAKEMAKE, *args, "--cores", "2", "--resources", "gpu=1"],
         cwd=workdir, capture_output=True, text=True, timeout=timeout, env=full_env,
     )
     if check and proc.returncode != 0:
