@@ -1,0 +1,446 @@
+"""Training stage: the shared chat template, base loading, the tiny base, LoRA training, resume, reruns."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from snaketune.chat_template import (
+    END_OF_TURN, apply_template, build_messages, encode_chat, gold_tool_names, specialist_chat, specialist_rows,
+    split_prompt, stop_token_ids,
+)
+from snaketune.config import fill_stage_defaults, load_schema, specialist_settings
+from snaketune.demo import generate_demo_rows
+from snaketune.errors import SnaketuneError
+from snaketune.files import read_jsonl, sha256_file, sha256_tree, write_jsonl
+
+REPO = Path(__file__).resolve().parents[1]
+SCHEMA = load_schema(REPO / "config" / "schemas" / "config.schema.yaml")
+
+TINY_SHAPE = {"architecture": "qwen2", "vocab_size": 512, "hidden_size": 32, "intermediate_size": 64,
+              "num_layers": 1, "num_heads": 2, "num_kv_heads": 1, "seed": 7}
+SPECIALISTS = {
+    "veran-tools": {"system_prompt": "You are Veran. Answer with a tool call.",
+                    "focus_tools": ["yaze_debugger.read_memory", "yaze_debugger.write_memory",
+                                    "yaze_debugger.assemble"]},
+    "mesen-runner": {"system_prompt": "You drive Mesen2. Answer with a tool call.",
+                     "focus_tools": ["mesen2.load_rom", "mesen2.run", "mesen2.screenshot", "mesen2.read_memory"]},
+}
+FAST_TRAIN = {"max_steps": 6, "batch_size": 2, "grad_accum": 1, "lr": 5.0e-3, "save_steps": 2, "logging_steps": 1,
+              "tools_rendered": "called", "max_seq_len": 1024}
+FAST_LORA = {"r": 4, "alpha": 8, "modules_to_save": ["embed_tokens", "lm_head"]}
+
+
+def settings_for(name="veran-tools", train=None, lora=None, specialists=SPECIALISTS) -> dict:
+    config = {"specialists": copy.deepcopy(specialists),
+              "defaults": {"train": {**FAST_TRAIN, **(train or {})}, "lora": {**FAST_LORA, **(lora or {})}}}
+    fill_stage_defaults(config, SCHEMA)
+    return specialist_settings(config, name)
+
+
+def tool_row(*calls, user="Do it.", content=None, tools=None, system=None):
+    messages = [{"role": "system", "content": system}] if system else []
+    messages.append({"role": "user", "content": user})
+    messages.append({"role": "assistant", "content": content,
+                     "tool_calls": [{"type": "function", "function": {"name": n, "arguments": a}} for n, a in calls]})
+    names = tools or sorted({n for n, _ in calls})
+    return {"id": "r", "kind": "tool", "messages": messages,
+            "tools": [{"type": "function", "function": {"name": n, "description": f"{n} tool",
+                                                        "parameters": {"type": "object", "properties": {}}}}
+                      for n in names]}
+
+
+READ = ("yaze_debugger.read_memory", '{"address": "0x7E0010", "length": 4}')
+WRITE = ("yaze_debugger.write_memory", '{"address": "0x7E0010", "data": "01 FF"}')
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """Demo splits and a tiny base built from the training split (module-wide: built once)."""
+    from snaketune.modeling import build_tiny_base
+
+    root = tmp_path_factory.mktemp("tiny")
+    rows = generate_demo_rows(96, seed=3)
+    for i, row in enumerate(rows):
+        row["id"], row["kind"], row["source"] = f"{i:04x}", "tool", "demo"
+    write_jsonl(root / "train.jsonl", rows[:72])
+    write_jsonl(root / "val.jsonl", rows[72:84])
+    write_jsonl(root / "test.jsonl", rows[84:])
+    build_tiny_base(root / "train.jsonl", root / "base", TINY_SHAPE)
+    return root
+
+
+# ------------------------------------------------------------------ chat template
+
+def test_tool_call_is_rendered_in_the_qwen25_form_with_arguments_as_is():
+    messages, tools = build_messages(tool_row(READ), "sys")
+    text = apply_template(None, messages, tools)
+    assert ('<|im_start|>assistant\n<tool_call>\n{"name": "yaze_debugger.read_memory", "arguments": '
+            '{"address": "0x7E0010", "length": 4}}\n</tool_call><|im_end|>\n') in text
+    assert '\\"address' not in text  # the arguments string is not JSON-encoded a second time
+    assert text.startswith("<|im_start|>system\nsys\n\n# Tools\n")
+    assert '<tools>\n{"type": "function", "function": {"name": "yaze_debugger.read_memory"' in text
+
+
+def test_two_calls_are_two_blocks_and_dict_arguments_are_json():
+    row = tool_row(WRITE, READ)
+    row["messages"][-1]["tool_calls"][1]["function"]["arguments"] = {"address": "0x7E0010", "length": 4}
+    text = apply_template(None, *build_messages(row))
+    assert text.endswith('"data": "01 FF"}}\n</tool_call>\n<tool_call>\n{"name": "yaze_debugger.read_memory", '
+                         '"arguments": {"address": "0x7E0010", "length": 4}}\n</tool_call><|im_end|>\n')
+
+
+CHATS = {
+    "one call": tool_row(READ),
+    "two calls": tool_row(WRITE, READ),
+    "content and call": tool_row(READ, content="Reading it now."),
+    "text answer": {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there."}]},
+    "tool results": {"messages": [
+        {"role": "user", "content": "Read then write."},
+        {"role": "assistant", "content": None, "tool_calls": [{"type": "function", "function": {"name": READ[0], "arguments": READ[1]}}]},
+        {"role": "tool", "tool_call_id": "1", "content": "00 00 00 00"},
+        {"role": "assistant", "content": None, "tool_calls": [{"type": "function", "function": {"name": WRITE[0], "arguments": WRITE[1]}}]},
+    ], "tools": tool_row(READ, WRITE)["tools"]},
+}
+
+
+@pytest.mark.parametrize("name", sorted(CHATS))
+def test_inference_prompt_is_a_prefix_of_the_training_text(name, tiny):
+    from snaketune.modeling import load_tokenizer
+
+    tokenizer = load_tokenizer(tiny / "base")
+    messages, tools = build_messages(CHATS[name], "You are a test.")
+    prompt_messages, answer = split_prompt(messages)
+    assert answer is not None and answer["role"] == "assistant"
+    full = apply_template(tokenizer, messages, tools)
+    prompt = apply_template(tokenizer, prompt_messages, tools, add_generation_prompt=True)
+    assert full.startswith(prompt) and prompt.endswith("<|im_start|>assistant\n")
+    assert apply_template(None, messages, tools) == full  # the template alone renders the same text
+    ids = encode_chat(tokenizer, messages, tools)["input_ids"]
+    prompt_ids = encode_chat(tokenizer, prompt_messages, tools, add_generation_prompt=True)["input_ids"]
+    assert ids[:len(prompt_ids)] == prompt_ids
+
+
+def test_loss_mask_covers_exactly_what_the_assistant_writes(tiny):
+    from snaketune.modeling import load_tokenizer
+    from snaketune.training import tokenize_rows
+
+    tokenizer = load_tokenizer(tiny / "base")
+    row = tool_row(WRITE, READ, tools=[READ[0], WRITE[0]])
+    settings = settings_for()
+    (example,), skipped = tokenize_rows([row], tokenizer, settings)
+    assert skipped == []
+    kept = [t for t in example["labels"] if t != -100]
+    answer = ('<tool_call>\n{"name": "yaze_debugger.write_memory", "arguments": {"address": "0x7E0010", "data": '
+              '"01 FF"}}\n</tool_call>\n<tool_call>\n{"name": "yaze_debugger.read_memory", "arguments": {"address": '
+              '"0x7E0010", "length": 4}}\n</tool_call><|im_end|>')
+    assert tokenizer.decode(kept) == answer
+    messages, tools = specialist_chat(row, settings)
+    prompt_ids = encode_chat(tokenizer, split_prompt(messages)[0], tools, add_generation_prompt=True)["input_ids"]
+    n = len(example["input_ids"])
+    # prompt masked, the answer learned (ending on <|im_end|>), the trailing newline not
+    assert example["labels"][:len(prompt_ids)] == [-100] * len(prompt_ids)
+    assert example["labels"][len(prompt_ids):n - 1] == example["input_ids"][len(prompt_ids):n - 1]
+    assert example["labels"][n - 2] == tokenizer.convert_tokens_to_ids(END_OF_TURN)
+    assert example["labels"][-1] == -100
+
+
+def test_a_row_without_an_assistant_answer_fails_loudly(tiny):
+    from snaketune.modeling import load_tokenizer
+    from snaketune.training import label_mask_tokens, tokenize_rows
+
+    tokenizer = load_tokenizer(tiny / "base")
+    row = {"id": "abc", "messages": [{"role": "user", "content": "hello"}], "tools": []}
+    with pytest.raises(SnaketuneError, match="empty loss mask"):
+        tokenize_rows([row], tokenizer, settings_for(), "train.jsonl")
+    assert label_mask_tokens([[5, -100, -100]]) == 0  # position 0 is never a target
+    assert label_mask_tokens([[-100, 5, 6], [-100, -100, -100]]) == 2
+
+
+def test_specialist_subset_and_rendered_tools():
+    rows = [tool_row(READ), tool_row(WRITE, READ), tool_row(("mesen2.run", '{"frames": 3}')),
+            tool_row(READ, ("mesen2.run", "{}")),
+            {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}]
+    focus = SPECIALISTS["veran-tools"]["focus_tools"]
+    assert specialist_rows(rows, focus) == rows[:2]  # mixed-family and text rows are not this specialist's
+    assert specialist_rows(rows, []) == rows
+    assert gold_tool_names(rows[1]) == [WRITE[0], READ[0]]
+    row = tool_row(READ, tools=[READ[0], WRITE[0], "yaze_debugger.assemble"], system="row prompt")
+    messages, tools = build_messages(row, "specialist prompt", "all")
+    assert [m["content"] for m in messages if m["role"] == "system"] == ["specialist prompt"]
+    assert len(tools) == 3
+    assert [t["function"]["name"] for t in build_messages(row, "", "called")[1]] == [READ[0]]
+    assert build_messages(row, "", "all")[0][0]["content"] == "row prompt"  # no specialist prompt: the row's stays
+
+
+# ------------------------------------------------------------------ settings -> trainer arguments
+
+def test_config_maps_to_cpu_training_arguments(tmp_path):
+    from trl import SFTConfig
+
+    from snaketune.training import lora_config, resolve_options, training_arguments
+
+    settings = settings_for(train={"lr": 1.5e-3, "batch_size": 3, "grad_accum": 2, "seed": 11, "max_seq_len": 256,
+                                   "warmup_ratio": 0.1, "group_by_length": True})
+    options = resolve_options(settings["train"], "cpu")
+    assert options == {"device": "cpu", "dtype": "fp32", "gradient_checkpointing": False, "packing": False,
+                       "quantization": "none"}
+    args = training_arguments(settings, options, tmp_path / "ckpt", n_examples=10)
+    assert args["learning_rate"] == 1.5e-3 and args["per_device_train_batch_size"] == 3
+    assert args["gradient_accumulation_steps"] == 2 and args["seed"] == 11 and args["max_length"] == 256
+    assert args["train_sampling_strategy"] == "group_by_length" and args["save_steps"] == 2
+    config = SFTConfig(**args)
+    # TRL's defaults are bf16=True and gradient_checkpointing=True: wrong on a CPU
+    assert config.bf16 is False and config.fp16 is False
+    assert config.gradient_checkpointing is False and config.activation_checkpointing is False
+    assert config.use_cpu is True and config.packing is False and config.warmup_steps == 0.1
+    forced = resolve_options({**settings["train"], "gradient_checkpointing": True, "packing": True}, "cpu")
+    assert forced["gradient_checkpointing"] and forced["packing"]
+    lora = lora_config(settings)
+    assert (lora.r, lora.lora_alpha, lora.target_modules) == (4, 8, "all-linear")
+    assert set(lora.modules_to_save) == {"embed_tokens", "lm_head"}
+    with pytest.raises(SnaketuneError, match="fp16"):
+        resolve_options({**settings["train"], "dtype": "fp16"}, "cpu")
+
+
+# ------------------------------------------------------------------ base loading
+
+def test_tiny_base_is_deterministic_and_loads(tiny, tmp_path):
+    from snaketune.modeling import build_tiny_base, load_base
+
+    build_tiny_base(tiny / "train.jsonl", tmp_path / "again", TINY_SHAPE)
+    assert sha256_tree(tmp_path / "again") == sha256_tree(tiny / "base")
+    model, tokenizer = load_base({"name_or_path": str(tiny / "base")})
+    assert model.config.model_type == "qwen2" and model.config.hidden_size == 32
+    assert model.config.vocab_size % 32 == 0 and model.config.vocab_size >= len(tokenizer)
+    for token in ("<|im_start|>", "<|im_end|>", "<tool_call>", "</tool_call>"):
+        assert len(tokenizer.encode(token, add_special_tokens=False)) == 1
+    assert stop_token_ids(tokenizer) == [tokenizer.convert_tokens_to_ids("<|im_end|>")]
+    # <tool_call> stays visible in decoded text (the metrics parser looks for it)
+    ids = tokenizer.encode("<tool_call>\n{}\n</tool_call><|im_end|>", add_special_tokens=False)
+    assert tokenizer.decode(ids, skip_special_tokens=True) == "<tool_call>\n{}\n</tool_call>"
+    llama = build_tiny_base(tiny / "train.jsonl", tmp_path / "llama", {**TINY_SHAPE, "architecture": "llama"})
+    assert llama is None and json.loads((tmp_path / "llama" / "config.json").read_text())["model_type"] == "llama"
+
+
+def test_base_loading_errors_say_what_to_do(tmp_path, monkeypatch):
+    from snaketune.modeling import load_base_model, load_tokenizer
+
+    with pytest.raises(SnaketuneError, match="does not exist"):
+        load_base_model(str(tmp_path / "missing"))
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    (pickled / "config.json").write_text("{}")
+    (pickled / "pytorch_model.bin").write_bytes(b"not a pickle")
+    with pytest.raises(SnaketuneError, match="pickled weights"):
+        load_base_model(str(pickled))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(SnaketuneError) as err:
+        load_tokenizer("snaketune-tests/no-such-model")
+    assert "HF_HUB_OFFLINE" in str(err.value) and "HF_TOKEN" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_quantization_errors_are_clear(monkeypatch):
+    from snaketune.modeling import quantization_config
+
+    assert quantization_config("none") is None
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # as if not installed
+    with pytest.raises(SnaketuneError, match="bitsandbytes"):
+        quantization_config("4bit")
+
+
+# ------------------------------------------------------------------ training (in process)
+
+def _train(tiny, out, ckpt, **kw):
+    from snaketune.training import train_adapter
+
+    return train_adapter(tiny / "base", tiny / "train.jsonl", tiny / "val.jsonl", out, settings_for(**kw), ckpt,
+                         base_cfg={"name_or_path": "results/base/tiny"}, threads=1)
+
+
+def test_train_adapter_writes_a_complete_loadable_adapter_and_is_reproducible(tiny, tmp_path):
+    from peft import PeftModel
+
+    from snaketune.modeling import load_base
+
+    metrics = _train(tiny, tmp_path / "a", tmp_path / "ck_a")
+    out = tmp_path / "a"
+    for name in ("adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "chat_template.jinja",
+                 "specialist_config.json", "train_metrics.json", "loss_curve.png"):
+        assert (out / name).is_file(), name
+    assert list((out / "runs").glob("events.out.tfevents*"))
+    assert metrics["global_step"] == 6 and len(metrics["loss"]) == 6 and metrics["eval_loss"] > 0
+    assert metrics["train_examples"] == len(specialist_rows(read_jsonl(tiny / "train.jsonl"),
+                                                            SPECIALISTS["veran-tools"]["focus_tools"]))
+    spec = json.loads((out / "specialist_config.json").read_text())
+    assert spec["system_prompt"] == SPECIALISTS["veran-tools"]["system_prompt"]
+    assert spec["data"]["train"]["sha256"] == sha256_file(tiny / "train.jsonl")
+    assert spec["base_model"]["sha256"] == sha256_tree(tiny / "base") and spec["seed"] == 42
+    assert spec["resolved"]["bf16"] is False and spec["resolved"]["learning_rate"] == 5.0e-3
+    adapter_cfg = json.loads((out / "adapter_config.json").read_text())
+    assert adapter_cfg["base_model_name_or_path"] == "results/base/tiny"  # not this run's temporary path
+    model, tokenizer = load_base({"name_or_path": str(tiny / "base")})
+    tuned = PeftModel.from_pretrained(model, str(out))
+    assert any("lora_A" in n for n, _ in tuned.named_parameters())
+    # Same inputs elsewhere: the same adapter bytes
+    _train(tiny, tmp_path / "b", tmp_path / "ck_b")
+    for name in ("adapter_model.safetensors", "adapter_config.json", "loss_curve.png"):
+        assert sha256_file(out / name) == sha256_file(tmp_path / "b" / name), name
+    # A finished checkpoint for the same inputs is resumed: no step is trained again, same bytes
+    again = _train(tiny, tmp_path / "c", tmp_path / "ck_a")
+    assert again["resumed_from_step"] == 6
+    assert sha256_file(tmp_path / "c" / "adapter_model.safetensors") == sha256_file(out / "adapter_model.safetensors")
+
+
+def test_qlora_4bit_trains_a_few_steps_where_bitsandbytes_can(tiny, tmp_path):
+    pytest.importorskip("bitsandbytes")
+    from snaketune.modeling import load_base_model
+
+    try:
+        load_base_model(str(tiny / "base"), quantization="4bit")
+    except SnaketuneError as err:
+        pytest.skip(f"4-bit not available here: {err}")
+    metrics = _train(tiny, tmp_path / "q", tmp_path / "ck_q", train={"quantization": "4bit", "max_steps": 3})
+    assert metrics["global_step"] == 3 and (tmp_path / "q" / "adapter_model.safetensors").is_file()
+
+
+# ------------------------------------------------------------------ end to end (Snakemake)
+
+def e2e_config(specialists=SPECIALISTS, train=None) -> dict:
+    return {
+        "base_model": {"name_or_path": "results/base/tiny"},
+        "tiny_base": TINY_SHAPE,
+        "data": {"demo": {"enabled": True, "rows": 120, "seed": 5}, "sources": [],
+                 "split": {"train": 0.8, "val": 0.1, "test": 0.1, "seed": 1}},
+        "defaults": {"lora": FAST_LORA, "train": {**FAST_TRAIN, "max_steps": 40, "save_steps": 4, **(train or {})},
+                     "resources": {"gpus": 0, "threads": 1, "mem_mb": 1000}},
+        "specialists": copy.deepcopy(specialists),
+    }
+
+
+ADAPTERS = [f"results/adapters/{name}" for name in sorted(SPECIALISTS)]
+
+
+def _kill_tree(workdir: Path) -> int:
+    """SIGKILL every process whose working directory is ``workdir`` (the run we started there)."""
+    killed = 0
+    for pid in (p for p in os.listdir("/proc") if p.isdigit()):
+        try:
+            if Path(f"/proc/{pid}/cwd").resolve() == workdir.resolve() and int(pid) != os.getpid():
+                os.kill(int(pid), signal.SIGKILL)
+                killed += 1
+        except (OSError, ValueError):
+            continue
+    return killed
+
+
+@pytest.mark.e2e
+def test_pipeline_trains_reruns_nothing_retrains_one_and_resumes_after_sigkill(tmp_path):
+    from pipeline import make_workdir, planned_jobs, snakemake
+
+    from snaketune.modeling import load_base
+    from peft import PeftModel
+
+    config = e2e_config()
+    a = make_workdir(tmp_path / "a", config)
+    snakemake(a, *ADAPTERS)
+    for target in ADAPTERS:
+        assert (a / target / "adapter_model.safetensors").is_file()
+        assert (a / target / "specialist_config.json").is_file()
+    assert (a / "benchmarks/train/veran-tools.tsv").is_file()
+    model, _ = load_base({"name_or_path": str(a / "results/base/tiny")})
+    PeftModel.from_pretrained(model, str(a / ADAPTERS[1]))
+    assert planned_jobs(a, *ADAPTERS) == {}
+    clean = sha256_file(a / "results/adapters/veran-tools/adapter_model.safetensors")
+
+    # one specialist's lr changes: only that specialist retrains
+    changed = copy.deepcopy(config)
+    changed["specialists"]["mesen-runner"]["train"] = {"lr": 1.0e-3}
+    make_workdir(a, changed)
+    assert planned_jobs(a, *ADAPTERS) == {"train": 1}
+
+    # a clean run elsewhere gives the same bytes; killed mid-training and rerun, it resumes to the same bytes
+    b = make_workdir(tmp_path / "b", config)
+    snakemake(b, "results/base/tiny", "results/data/val.jsonl")
+    proc = subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "1", ADAPTERS[1]], cwd=b,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    checkpoints = b / "results/checkpoints/veran-tools"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if any((c / "trainer_state.json").is_file() for c in checkpoints.glob("checkpoint-*")):
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "training ended before a checkpoint could be interrupted"
+    os.killpg(proc.pid, signal.SIGKILL)
+    _kill_tree(b)
+    proc.wait()
+    assert not (b / ADAPTERS[1]).exists()
+    snakemake(b, "--rerun-incomplete", ADAPTERS[1])
+    log = (b / "logs/train/veran-tools.log").read_text()
+    assert "resuming from checkpoint" in log and "same inputs and params" in log
+    assert sha256_file(b / ADAPTERS[1] / "adapter_model.safetensors") == clean
+
+
+# ------------------------------------------------------------------ the embedded default must learn (item 7)
+
+def greedy_tool_accuracy(base_dir, test_path, settings, adapter_dir=None, threads=1) -> float:
+    """Share of the specialist's test rows where greedy decoding calls exactly the gold tools."""
+    import torch
+    from peft import PeftModel
+
+    from snaketune.metrics import parse_tool_calls
+    from snaketune.modeling import load_base
+
+    torch.set_num_threads(threads)
+    model, tokenizer = load_base({"name_or_path": str(base_dir)})
+    if adapter_dir is not None:
+        model = PeftModel.from_pretrained(model, str(adapter_dir))
+    model.eval()
+    tokenizer.padding_side = "left"
+    rows = specialist_rows(read_jsonl(test_path), settings["focus_tools"])
+    correct = 0
+    for start in range(0, len(rows), 16):
+        batch = rows[start:start + 16]
+        prompts = [apply_template(tokenizer, split_prompt(m)[0], t, add_generation_prompt=True)
+                   for m, t in (specialist_chat(r, settings) for r in batch)]
+        enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        with torch.no_grad():
+            out = model.generate(**enc, max_new_tokens=96, do_sample=False, eos_token_id=stop_token_ids(tokenizer),
+                                 pad_token_id=tokenizer.pad_token_id)
+        for row, ids in zip(batch, out):
+            calls, _ = parse_tool_calls(tokenizer.decode(ids[enc["input_ids"].shape[1]:], skip_special_tokens=True))
+            correct += {c["name"] for c in calls} == set(gold_tool_names(row))
+    return correct / len(rows)
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("SNAKETUNE_SLOW") != "1", reason="about 8 minutes; set SNAKETUNE_SLOW=1")
+def test_default_config_specialists_call_the_right_tool(tmp_path):
+    """Item 7: the default config's adapters call the right tool on >= 90 % of their test rows (base <= 10 %)."""
+    from pipeline import make_workdir, snakemake
+
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    work = make_workdir(tmp_path / "default", config)
+    snakemake(work, *[f"results/adapters/{name}" for name in config["specialists"]], "results/data/test.jsonl",
+              timeout=3600)
+    fill_stage_defaults(config, SCHEMA)
+    seconds = 0.0
+    for name in config["specialists"]:
+        settings = specialist_settings(config, name)
+        base = greedy_tool_accuracy(work / "results/base/tiny", work / "results/data/test.jsonl", settings)
+        tuned = greedy_tool_accuracy(work / "results/base/tiny", work / "results/data/test.jsonl", settings,
+                                     work / f"results/adapters/{name}")
+        assert base <= 0.10 and tuned >= 0.90, (name, base, tuned)
+        bench = (work / f"benchmarks/train/{name}.tsv").read_text().splitlines()
+        seconds += float(bench[1].split("\t")[0])
+    print(f"train jobs: {seconds:.0f} s in all")

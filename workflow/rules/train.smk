@@ -1,0 +1,50 @@
+# Training stage: the embedded tiny base (rule tiny_base) and one LoRA adapter per specialist (rule train).
+# Logic lives in snaketune.modeling and snaketune.training.
+
+
+rule tiny_base:
+    input:
+        train="results/data/train.jsonl",
+    output:
+        directory(TINY_BASE_DIR),
+    params:
+        shape=config["tiny_base"],
+    threads: 1
+    resources:
+        mem_mb=2000,
+    log:
+        "logs/train/tiny_base.log",
+    benchmark:
+        "benchmarks/train/tiny_base.tsv"
+    conda:
+        "../../envs/train.yaml"
+    script:
+        "../scripts/build_tiny_base.py"
+
+
+rule train:
+    input:
+        base=base_model_input,
+        train="results/data/train.jsonl",
+        val="results/data/val.jsonl",
+    output:
+        directory("results/adapters/{specialist}"),
+    params:
+        settings=lambda wc: specialist_settings(wc.specialist),
+        base_model=config["base_model"],
+        checkpoints=lambda wc: f"results/checkpoints/{wc.specialist}",
+    threads: lambda wc: specialist_resources(wc.specialist)["threads"]
+    resources:
+        gpu=lambda wc: specialist_resources(wc.specialist)["gpus"],
+        mem_mb=lambda wc: specialist_resources(wc.specialist)["mem_mb"],
+    log:
+        "logs/train/{specialist}.log",
+    benchmark:
+        "benchmarks/train/{specialist}.tsv"
+    conda:
+        "../../envs/train.yaml"
+    script:
+        "../scripts/train_adapter.py"
+
+
+ALL_TARGETS.extend(expand("results/adapters/{specialist}", specialist=SPECIALISTS))

@@ -1,0 +1,153 @@
+"""The one chat template that training, evaluation and export share, and what a specialist shows the model.
+
+The template (``chat_template.jinja`` beside this file) writes ChatML turns and Qwen2.5-style tools.
+An assistant tool call is rendered exactly as::
+
+    <tool_call>
+    {"name": "<name>", "arguments": <the OpenAI arguments string, as-is>}
+    </tool_call>
+
+one block per call, and ``{% generation %}`` marks what the assistant writes (content, calls and
+``<|im_end|>``), so ``return_assistant_tokens_mask`` gives the assistant-only loss mask. The inference
+prompt (every message but the final assistant turn, plus the generation prompt) is an exact prefix of
+the training text, both as text and as token ids.
+
+Stable API (eval and export import these):
+    CHAT_TEMPLATE, END_OF_TURN, TEMPLATE_TOKENS, GENERATION_PROMPT
+    build_messages(row, system_prompt="", tools_rendered="all", focus_tools=None) -> (messages, tools)
+    specialist_chat(row, settings) -> (messages, tools)        # settings = config.specialist_settings(...)
+    split_prompt(messages) -> (prompt_messages, final_assistant_message)
+    apply_template(tokenizer_or_none, messages, tools=None, add_generation_prompt=False) -> str
+    encode_chat(tokenizer, messages, tools=None, add_generation_prompt=False) -> {"input_ids", "assistant_masks"}
+    attach_template(tokenizer) -> tokenizer
+    stop_token_ids(tokenizer) -> [int, ...]
+    gold_tool_names(row), in_subset(row, focus_tools), specialist_rows(rows, focus_tools)
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+TEMPLATE_PATH = Path(__file__).with_name("chat_template.jinja")
+CHAT_TEMPLATE = TEMPLATE_PATH.read_text(encoding="utf-8")
+
+END_OF_TURN = "<|im_end|>"  # the assistant's stop token (also the tokenizer's eos for the tiny base)
+START_OF_TURN = "<|im_start|>"
+PAD_TOKEN = "<|endoftext|>"
+GENERATION_PROMPT = "<|im_start|>assistant\n"
+# Tokens the template writes: special (never in user text, stripped by skip_special_tokens) and plain
+# added tokens that stay visible in decoded text (the metrics parser looks for <tool_call>).
+SPECIAL_TOKENS = [PAD_TOKEN, START_OF_TURN, END_OF_TURN]
+TEMPLATE_TOKENS = ["<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>", "<tools>", "</tools>"]
+
+TOOLS_RENDERED = ("all", "called")
+
+
+def gold_tool_names(row: dict) -> list[str]:
+    """Names of the tools the row's final assistant turn calls (in order; empty for a text answer)."""
+    messages = row.get("messages") or []
+    if not messages or messages[-1].get("role") != "assistant":
+        return []
+    names = []
+    for call in messages[-1].get("tool_calls") or []:
+        fn = call.get("function", call)
+        names.append(fn.get("name"))
+    return names
+
+
+def in_subset(row: dict, focus_tools) -> bool:
+    """A specialist's example: its gold calls are all among ``focus_tools`` (every row when none are given).
+
+    With focus tools, a row without tool calls (a text answer) belongs to no specialist's subset.
+    """
+    if not focus_tools:
+        return True
+    names = gold_tool_names(row)
+    return bool(names) and set(names) <= set(focus_tools)
+
+
+def specialist_rows(rows, focus_tools) -> list[dict]:
+    return [row for row in rows if in_subset(row, focus_tools)]
+
+
+def _called_names(messages) -> set[str]:
+    names = set()
+    for message in messages:
+        for call in message.get("tool_calls") or []:
+            names.add(call.get("function", call).get("name"))
+    return names
+
+
+def build_messages(row: dict, system_prompt: str = "", tools_rendered: str = "all",
+                   focus_tools=None) -> tuple[list[dict], list[dict]]:
+    """The messages and tools a specialist shows the model for one canonical row.
+
+    ``system_prompt`` (when not empty) replaces the row's own system message. ``tools_rendered``:
+    ``all`` shows the row's tools; ``called`` only those the row's assistant turns call (much shorter
+    prompts; the specialist then sees at inference the same reduced list). ``focus_tools``, when
+    given, also drops tools outside the specialist's focus. Tool order is the row's.
+    """
+    if tools_rendered not in TOOLS_RENDERED:
+        raise ValueError(f"tools_rendered must be one of {TOOLS_RENDERED}, got {tools_rendered!r}")
+    messages = copy.deepcopy(list(row.get("messages") or []))
+    if system_prompt:
+        messages = [m for i, m in enumerate(messages) if not (i == 0 and m.get("role") == "system")]
+        messages.insert(0, {"role": "system", "content": system_prompt})
+    tools = copy.deepcopy(list(row.get("tools") or []))
+    if tools_rendered == "called":
+        called = _called_names(messages)
+        tools = [t for t in tools if t.get("function", t).get("name") in called]
+    if focus_tools:
+        tools = [t for t in tools if t.get("function", t).get("name") in set(focus_tools)]
+    return messages, tools
+
+
+def specialist_chat(row: dict, settings: dict) -> tuple[list[dict], list[dict]]:
+    """``build_messages`` with a specialist's merged settings (``config.specialist_settings``)."""
+    return build_messages(row, settings.get("system_prompt", ""),
+                          settings.get("train", {}).get("tools_rendered", "all"))
+
+
+def split_prompt(messages: list[dict]) -> tuple[list[dict], dict | None]:
+    """(prompt messages, the final assistant message) — the prompt is what inference sees."""
+    if messages and messages[-1].get("role") == "assistant":
+        return messages[:-1], messages[-1]
+    return list(messages), None
+
+
+def attach_template(tokenizer):
+    """Give ``tokenizer`` the shared template (a hub model's own template double-encodes arguments)."""
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def apply_template(tokenizer, messages, tools=None, add_generation_prompt: bool = False) -> str:
+    """Render ``messages`` (and ``tools``) as text; ``tokenizer`` may be None (the template alone)."""
+    if tokenizer is not None:
+        return tokenizer.apply_chat_template(messages, tools=tools or None, chat_template=CHAT_TEMPLATE,
+                                             add_generation_prompt=add_generation_prompt, tokenize=False)
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    rendered, _ = render_jinja_template([messages], tools=tools or None, chat_template=CHAT_TEMPLATE,
+                                        add_generation_prompt=add_generation_prompt)
+    return rendered[0]
+
+
+def encode_chat(tokenizer, messages, tools=None, add_generation_prompt: bool = False) -> dict:
+    """Token ids and the assistant mask (1 on what the assistant writes, its <|im_end|> included)."""
+    out = tokenizer.apply_chat_template(messages, tools=tools or None, chat_template=CHAT_TEMPLATE,
+                                        add_generation_prompt=add_generation_prompt, tokenize=True,
+                                        return_dict=True, return_assistant_tokens_mask=True)
+    return {"input_ids": list(out["input_ids"]), "assistant_masks": list(out["assistant_masks"])}
+
+
+def stop_token_ids(tokenizer) -> list[int]:
+    """Ids that end a generated assistant turn: <|im_end|> and the tokenizer's eos (deduplicated)."""
+    ids = []
+    im_end = tokenizer.convert_tokens_to_ids(END_OF_TURN)
+    if im_end is not None and im_end != tokenizer.unk_token_id:
+        ids.append(im_end)
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(tokenizer.eos_token_id)
+    return ids

@@ -1,0 +1,619 @@
+"""GGUF files for llama.cpp / Ollama: a merged llama, qwen2 or mistral checkpoint (f32, f16, q8_0) and a
+PEFT LoRA adapter alone, written with the ``gguf`` package one tensor at a time.
+
+Bytes depend only on the inputs (no time, no paths), so the reproducibility checks can hash them.
+
+Stable API:
+    write_model_gguf(source, out_path, quant, name=None, revision=None, untie=False, template="model") -> dict
+    write_lora_gguf(adapter_dir, base, out_path, name=None, revision=None) -> dict
+    model_spec(model_dir) -> ModelSpec ; tokenizer_metadata(model_dir, vocab_size) -> dict
+    local_model_dir(name_or_path, revision=None) -> Path
+    SUPPORTED_FAMILIES, QUANTS, LORA_ALPHA_KEY
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import SnaketuneError
+from .files import atomic_path
+
+log = logging.getLogger("snaketune.gguf")
+
+# HF model_type -> GGUF architecture; llama.cpp runs Mistral checkpoints as llama (as its converter does).
+ARCHITECTURES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2"}
+SUPPORTED_FAMILIES = tuple(ARCHITECTURES)
+QUANTS = ("f32", "f16", "q8_0")
+LORA_ALPHA_KEY = "adapter.lora.alpha"
+
+# Pre-tokenizer split regexes as tokenizer.json spells them -> llama.cpp's name for the same split.
+QWEN2_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+               r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+LLAMA3_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+GPT2_REGEX = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
+# (split regex, model.ignore_merges) -> name; llama.cpp ties ignore_merges to the name (llama-bpe: on).
+PRE_TOKENIZERS = {(QWEN2_REGEX, False): "qwen2", (LLAMA3_REGEX, True): "llama-bpe",
+                  (LLAMA3_REGEX, False): "smaug-bpe", (GPT2_REGEX, False): "gpt-2"}
+ROPE_TYPES = ("default", "linear", "llama3", "yarn")
+EXPORT_FIX = (f"GGUF export supports the {', '.join(SUPPORTED_FAMILIES)} families; use such a base, "
+              "or set export.enabled: false")
+
+
+def _gguf():
+    import gguf
+
+    return gguf
+
+
+# --- where the weights are -----------------------------------------------------------------------
+
+def local_model_dir(name_or_path, revision=None) -> Path:
+    """A local directory holding the checkpoint: the path itself, or its hub snapshot (config, tokenizer, weights)."""
+    from .modeling import _hub_error, _looks_local, check_local_dir
+
+    name = str(name_or_path)
+    if _looks_local(name):
+        return check_local_dir(name)
+    from huggingface_hub import snapshot_download
+
+    try:
+        path = snapshot_download(name, revision=revision,
+                                 allow_patterns=["*.json", "*.safetensors", "*.jinja", "*.txt", "tokenizer*"])
+    except Exception as err:  # network, auth, missing revision: one clear line either way
+        raise _hub_error(name, revision, err) from err
+    return check_local_dir(path)
+
+
+class SafetensorsDir:
+    """Every tensor of a (possibly sharded) safetensors checkpoint, read one at a time."""
+
+    def __init__(self, path, names_prefix: str = ""):
+        from safetensors import safe_open
+
+        self.path = Path(path)
+        files = sorted(self.path.glob("*.safetensors")) if self.path.is_dir() else [self.path]
+        if not files:
+            raise SnaketuneError(self.path, "holds no *.safetensors weights",
+                                 fix="save the model with save_pretrained(..., safe_serialization=True)")
+        self._where: dict[str, Path] = {}
+        self._shapes: dict[str, tuple[int, ...]] = {}
+        for file in files:
+            with safe_open(str(file), framework="pt") as handle:
+                for key in handle.keys():
+                    self._where[key] = file
+                    self._shapes[key] = tuple(handle.get_slice(key).get_shape())
+        self._open: dict[Path, object] = {}
+
+    def names(self) -> list[str]:
+        return list(self._where)
+
+    def __contains__(self, name) -> bool:
+        return name in self._where
+
+    def shape(self, name) -> tuple[int, ...]:
+        return self._shapes[name]
+
+    def get(self, name) -> np.ndarray:
+        """The tensor as float32 numpy (bf16 and f16 widen exactly)."""
+        import torch
+        from safetensors import safe_open
+
+        file = self._where[name]
+        if file not in self._open:
+            self._open[file] = safe_open(str(file), framework="pt")
+        return self._open[file].get_tensor(name).to(torch.float32).numpy()
+
+
+# --- the model's shape ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ModelSpec:
+    model_type: str
+    arch: str
+    n_layers: int
+    n_head: int
+    n_kv_head: int
+    hidden: int
+    ff: int
+    context: int
+    head_dim: int
+    rms_eps: float
+    vocab_size: int
+    tied: bool
+    rope: dict = field(default_factory=dict)
+    attention_bias: bool = False
+
+
+def read_config(model_dir) -> dict:
+    path = Path(model_dir) / "config.json"
+    if not path.is_file():
+        raise SnaketuneError(path, "not found: the directory is not a transformers checkpoint",
+                             fix="point at a directory written by save_pretrained")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def rope_parameters(cfg: dict) -> dict:
+    """RoPE settings as transformers 5 writes them (``rope_parameters``), read from 4.x configs too."""
+    rope = dict(cfg.get("rope_parameters") or cfg.get("rope_scaling") or {})
+    if "type" in rope and "rope_type" not in rope:
+        rope["rope_type"] = rope.pop("type")
+    rope.setdefault("rope_type", "default")
+    if rope.get("rope_theta") is None:
+        rope["rope_theta"] = cfg.get("rope_theta", 10000.0)
+    return rope
+
+
+def model_spec(model_dir) -> ModelSpec:
+    """What the GGUF header needs, from config.json; an unsupported family stops here."""
+    path = Path(model_dir) / "config.json"
+    cfg = read_config(model_dir)
+    model_type = cfg.get("model_type")
+    if model_type not in ARCHITECTURES:
+        archs = ", ".join(cfg.get("architectures") or []) or "no architectures listed"
+        raise SnaketuneError(path, f"architecture {model_type!r} ({archs}) cannot be exported to GGUF",
+                             field="model_type", fix=EXPORT_FIX)
+    rope = rope_parameters(cfg)
+    if rope["rope_type"] not in ROPE_TYPES:
+        raise SnaketuneError(path, f"RoPE type {rope['rope_type']!r} is not supported by the GGUF writer",
+                             field="rope_parameters.rope_type", fix=f"use one of {', '.join(ROPE_TYPES)}")
+    if model_type == "qwen2" and cfg.get("use_sliding_window"):
+        raise SnaketuneError(path, "Qwen2 sliding-window attention has no GGUF equivalent here",
+                             field="use_sliding_window", fix="set use_sliding_window: false")
+    n_head = int(cfg["num_attention_heads"])
+    hidden = int(cfg["hidden_size"])
+    head_dim = int(cfg.get("head_dim") or hidden // n_head)
+    if model_type == "mistral" and cfg.get("sliding_window"):
+        log.warning("mistral sliding_window=%s: llama.cpp's llama architecture attends to the full context",
+                    cfg["sliding_window"])
+    return ModelSpec(
+        model_type=model_type, arch=ARCHITECTURES[model_type], n_layers=int(cfg["num_hidden_layers"]),
+        n_head=n_head, n_kv_head=int(cfg.get("num_key_value_heads") or n_head), hidden=hidden,
+        ff=int(cfg["intermediate_size"]), context=int(cfg.get("max_position_embeddings", 4096)),
+        head_dim=head_dim, rms_eps=float(cfg.get("rms_norm_eps", 1e-6)), vocab_size=int(cfg["vocab_size"]),
+        tied=bool(cfg.get("tie_word_embeddings", False)), rope=rope,
+        attention_bias=bool(cfg.get("attention_bias", model_type == "qwen2")),
+    )
+
+
+def _arch_enum(arch: str):
+    gguf = _gguf()
+    return {name: enum for enum, name in gguf.MODEL_ARCH_NAMES.items()}[arch]
+
+
+def add_hparams(writer, spec: ModelSpec) -> None:
+    gguf = _gguf()
+    writer.add_context_length(spec.context)
+    writer.add_embedding_length(spec.hidden)
+    writer.add_block_count(spec.n_layers)
+    writer.add_feed_forward_length(spec.ff)
+    writer.add_head_count(spec.n_head)
+    writer.add_head_count_kv(spec.n_kv_head)
+    writer.add_layer_norm_rms_eps(spec.rms_eps)
+    writer.add_rope_freq_base(float(spec.rope["rope_theta"]))
+    writer.add_rope_dimension_count(spec.head_dim)
+    if spec.head_dim != spec.hidden // spec.n_head:
+        writer.add_key_length(spec.head_dim)
+        writer.add_value_length(spec.head_dim)
+    writer.add_vocab_size(spec.vocab_size)
+    rope_type, factor = spec.rope["rope_type"], spec.rope.get("factor")
+    if rope_type == "linear":
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        writer.add_rope_scaling_factor(float(factor))
+    elif rope_type == "yarn":
+        writer.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+        writer.add_rope_scaling_factor(float(factor))
+        writer.add_rope_scaling_orig_ctx_len(int(spec.rope["original_max_position_embeddings"]))
+
+
+def llama3_rope_factors(spec: ModelSpec) -> np.ndarray:
+    """Llama 3.1+ frequency scaling, which llama.cpp reads from a ``rope_freqs`` tensor."""
+    rope = spec.rope
+    base, dim = float(rope["rope_theta"]), spec.head_dim
+    freqs = 1.0 / (base ** (np.arange(0, dim, 2, dtype=np.float32) / dim))
+    factor = rope.get("factor", 8.0)
+    low, high = rope.get("low_freq_factor", 1.0), rope.get("high_freq_factor", 4.0)
+    old_ctx = rope.get("original_max_position_embeddings", 8192)
+    low_wavelen, high_wavelen = old_ctx / low, old_ctx / high
+    factors = []
+    for freq in freqs:
+        wavelen = 2 * math.pi / freq
+        if wavelen < high_wavelen:
+            factors.append(1.0)
+        elif wavelen > low_wavelen:
+            factors.append(factor)
+        else:
+            smooth = (old_ctx / wavelen - low) / (high - low)
+            factors.append(1 / ((1 - smooth) / factor + smooth))
+    return np.asarray(factors, dtype=np.float32)
+
+
+def llama_permute(weights: np.ndarray, n_head: int) -> np.ndarray:
+    """HF's rotate-half q/k rows -> llama.cpp's interleaved RoPE layout (k with the KV head count)."""
+    return (weights.reshape(n_head, 2, weights.shape[0] // n_head // 2, *weights.shape[1:])
+            .swapaxes(1, 2).reshape(weights.shape))
+
+
+def to_gguf_layout(hf_name: str, data: np.ndarray, spec: ModelSpec) -> np.ndarray:
+    """Rows reordered the way llama.cpp's graph expects (llama family q/k only)."""
+    if spec.arch == "llama":
+        if hf_name.endswith(("q_proj.weight", "q_proj.bias")):
+            return llama_permute(data, spec.n_head)
+        if hf_name.endswith(("k_proj.weight", "k_proj.bias")):
+            return llama_permute(data, spec.n_kv_head)
+    return data
+
+
+def gguf_tensor_name(hf_name: str, spec: ModelSpec, path=None) -> str:
+    gguf = _gguf()
+    mapped = gguf.get_tensor_name_map(_arch_enum(spec.arch), spec.n_layers).get_name(
+        hf_name, try_suffixes=(".weight", ".bias"))
+    if mapped is None:
+        raise SnaketuneError(path, f"tensor {hf_name!r} has no place in a GGUF {spec.arch} model",
+                             field=hf_name, fix=EXPORT_FIX)
+    return mapped
+
+
+def tensor_type(shape, quant: str):
+    """f32 for vectors; Q8_0 only where rows are whole 32-blocks (f16 otherwise), as llama.cpp's converter does."""
+    q = _gguf().GGMLQuantizationType
+    if len(shape) == 1 or quant == "f32":
+        return q.F32
+    if quant == "f16" or shape[-1] % 32:
+        return q.F16
+    return q.Q8_0
+
+
+def nbytes(shape, qtype) -> int:
+    gguf = _gguf()
+    block, size = gguf.GGML_QUANT_SIZES[qtype]
+    return int(np.prod(shape)) // block * size
+
+
+def encode(data: np.ndarray, qtype) -> np.ndarray:
+    return _gguf().quants.quantize(np.ascontiguousarray(data, dtype=np.float32), qtype)
+
+
+# --- tokenizer ----------------------------------------------------------------------------------
+
+def _looks_special(token: str) -> bool:
+    return token.startswith("<|") and token.endswith("|>")
+
+
+def pre_tokenizer_name(tok_json: dict, path) -> str:
+    """The ``tokenizer.ggml.pre`` under which llama.cpp splits text exactly as this tokenizer.json does."""
+    pre = tok_json.get("pre_tokenizer") or {}
+    ignore_merges = bool((tok_json.get("model") or {}).get("ignore_merges", False))
+
+    def byte_level(node, use_regex: bool) -> bool:
+        return (node.get("type") == "ByteLevel" and bool(node.get("use_regex", True)) == use_regex
+                and not node.get("add_prefix_space", False))
+
+    pattern = None
+    if byte_level(pre, True):
+        pattern = GPT2_REGEX
+    parts = pre.get("pretokenizers") or []
+    if pre.get("type") == "Sequence" and len(parts) == 2 and parts[0].get("type") == "Split" \
+            and byte_level(parts[1], False) and not parts[0].get("invert", False) \
+            and parts[0].get("behavior", "Isolated") == "Isolated":
+        pattern = (parts[0].get("pattern") or {}).get("Regex")
+    if (pattern, ignore_merges) in PRE_TOKENIZERS:
+        return PRE_TOKENIZERS[pattern, ignore_merges]
+    described = json.dumps(pre, sort_keys=True)[:160] + f" with ignore_merges={ignore_merges}"
+    raise SnaketuneError(path, f"pre-tokenizer {described} matches none that llama.cpp implements here",
+                         field="pre_tokenizer",
+                         fix="use a byte-level BPE tokenizer with the GPT-2, Qwen2 or Llama-3 split "
+                             "(the supported bases' own tokenizers)")
+
+
+def _merges(model: dict) -> list[str]:
+    merges = model.get("merges") or []
+    if merges and isinstance(merges[0], list):  # transformers >= 4.45 writes [a, b] pairs
+        # a space inside a part is written as U+0120 + 256 the way llama.cpp reads it back
+        return [" ".join("".join(chr(ord(c) + 256) if c == " " else c for c in part) for part in pair)
+                for pair in merges]
+    return list(merges)
+
+
+def tokenizer_metadata(model_dir, vocab_size: int) -> dict:
+    """Tokens, types, merges, special ids, add-bos/eos and chat template for a byte-level BPE tokenizer."""
+    from transformers import AutoTokenizer
+
+    gguf = _gguf()
+    model_dir = Path(model_dir)
+    path = model_dir / "tokenizer.json"
+    if not path.is_file():
+        raise SnaketuneError(path, "not found: GGUF export needs the fast tokenizer's tokenizer.json",
+                             fix="save the tokenizer with a fast tokenizer (tokenizer.save_pretrained)")
+    tok_json = json.loads(path.read_text(encoding="utf-8"))
+    model = tok_json.get("model") or {}
+    if model.get("type") != "BPE" or model.get("byte_fallback"):
+        kind = "SentencePiece-style BPE" if model.get("byte_fallback") else model.get("type")
+        raise SnaketuneError(path, f"a {kind} tokenizer is not supported by the GGUF writer", field="model.type",
+                             fix="use a base with a byte-level BPE tokenizer (Qwen2.5, Llama 3.x)")
+    normalizer = (tok_json.get("normalizer") or {}).get("type")
+    if normalizer not in (None, "NFC"):
+        raise SnaketuneError(path, f"normalizer {normalizer!r} has no llama.cpp equivalent", field="normalizer",
+                             fix="use a byte-level BPE tokenizer without a normalizer (or NFC)")
+    pre = pre_tokenizer_name(tok_json, path)
+
+    tokens = [f"[PAD{i}]" for i in range(vocab_size)]
+    types = [int(gguf.TokenType.UNUSED)] * vocab_size
+    added = tok_json.get("added_tokens") or []
+    largest = max([*model["vocab"].values(), *(a["id"] for a in added)], default=-1)
+    if largest >= vocab_size:
+        raise SnaketuneError(path, f"token id {largest} does not fit the model's vocab_size {vocab_size}",
+                             field="vocab_size", fix="resize the model's embeddings to the tokenizer")
+    for token, idx in model["vocab"].items():
+        tokens[idx], types[idx] = token, int(gguf.TokenType.NORMAL)
+    for item in added:
+        special = item.get("special") or _looks_special(item["content"])
+        tokens[item["id"]] = item["content"]
+        types[item["id"]] = int(gguf.TokenType.CONTROL if special else gguf.TokenType.USER_DEFINED)
+
+    hf = AutoTokenizer.from_pretrained(str(model_dir))
+    probe = "snaketune probe"
+    plain = hf(probe, add_special_tokens=False)["input_ids"]
+    full = hf(probe, add_special_tokens=True)["input_ids"]
+    start = full.index(plain[0]) if plain and plain[0] in full else 0
+    add_bos, add_eos = start > 0, len(full) > start + len(plain)
+    if full[start:start + len(plain)] != plain or start > 1 or len(full) - start - len(plain) > 1:
+        raise SnaketuneError(path, f"the tokenizer adds {full} around {plain}; only one BOS / EOS is supported",
+                             field="post_processor", fix="use a tokenizer that adds at most BOS and EOS")
+    special_ids = {kind: getattr(hf, f"{kind}_token_id", None) for kind in ("bos", "eos", "pad", "unk")}
+    if add_bos:
+        special_ids["bos"] = full[0]
+    template = hf.chat_template if isinstance(hf.chat_template, str) else None
+    return {"pre": pre, "tokens": tokens, "types": types, "merges": _merges(model),
+            "special_ids": {k: int(v) for k, v in special_ids.items() if v is not None},
+            "add_bos": add_bos, "add_eos": add_eos, "chat_template": template}
+
+
+def add_tokenizer(writer, meta: dict) -> None:
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre(meta["pre"])
+    writer.add_token_list(meta["tokens"])
+    writer.add_token_types(meta["types"])
+    writer.add_token_merges(meta["merges"])
+    for kind in ("bos", "eos", "unk", "pad"):
+        if kind in meta["special_ids"]:
+            getattr(writer, f"add_{kind}_token_id")(meta["special_ids"][kind])
+    writer.add_add_bos_token(meta["add_bos"])
+    writer.add_add_eos_token(meta["add_eos"])
+    if meta["chat_template"]:
+        writer.add_chat_template(meta["chat_template"])
+
+
+# --- writing ------------------------------------------------------------------------------------
+
+@dataclass
+class PlannedTensor:
+    name: str             # GGUF name
+    shape: tuple          # numpy (row-major) shape
+    qtype: object         # GGMLQuantizationType
+    load: object          # () -> float32 numpy array in GGUF layout
+
+
+def stream_gguf(out_path, arch: str, kv, tensors: list[PlannedTensor]) -> int:
+    """Header, metadata and tensor infos first, then each tensor loaded, encoded and written in turn.
+
+    ``kv(writer)`` adds the metadata. Peak memory is one tensor (plus its encoded copy); the file
+    appears at ``out_path`` only once complete.
+    """
+    gguf = _gguf()
+    with atomic_path(out_path) as tmp:
+        writer = gguf.GGUFWriter(None, arch)
+        kv(writer)
+        for t in tensors:
+            writer.add_tensor_info(t.name, t.shape, np.dtype(np.float32), nbytes(t.shape, t.qtype), raw_dtype=t.qtype)
+        writer.write_header_to_file(path=tmp)
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        for t in tensors:
+            data = t.load()
+            if tuple(data.shape) != tuple(t.shape):
+                raise AssertionError(f"{t.name}: planned {t.shape}, loaded {data.shape}")
+            writer.write_tensor_data(encode(data, t.qtype))
+            del data
+        writer.close()
+        size = tmp.stat().st_size
+    return size
+
+
+def _order(hf_name: str):
+    m = re.search(r"\.layers\.(\d+)\.", hf_name)
+    if hf_name.endswith("embed_tokens.weight"):
+        return (0, 0, hf_name)
+    return (1, int(m.group(1)), hf_name) if m else (2, 0, hf_name)
+
+
+def write_model_gguf(source, out_path, quant: str, name: str | None = None, revision=None,
+                     untie: bool = False, template: str = "model") -> dict:
+    """Convert a transformers checkpoint (local dir or hub id) into one GGUF file of type ``quant``.
+
+    ``untie`` writes ``output.weight`` even for tied embeddings: a base GGUF that LoRA adapters
+    touching embed_tokens / lm_head are applied to needs the two apart. ``template``: ``model`` keeps
+    the checkpoint's chat template, ``shared`` writes snaketune's (what the adapters were trained on).
+    """
+    if quant not in QUANTS:
+        raise SnaketuneError(None, f"unknown GGUF type {quant!r}", field="export.quants",
+                             fix=f"use one of {', '.join(QUANTS)}")
+    gguf = _gguf()
+    model_dir = local_model_dir(source, revision)
+    spec = model_spec(model_dir)
+    weights = SafetensorsDir(model_dir)
+    meta = tokenizer_metadata(model_dir, spec.vocab_size)
+    if template == "shared":
+        from .chat_template import CHAT_TEMPLATE
+
+        meta["chat_template"] = CHAT_TEMPLATE
+    elif template != "model":
+        raise ValueError(f"template must be 'model' or 'shared', not {template!r}")
+
+    planned: list[PlannedTensor] = []
+    skip = {"lm_head.weight"} if spec.tied else set()
+    for hf_name in sorted(weights.names(), key=_order):
+        if hf_name in skip or hf_name.endswith("rotary_emb.inv_freq"):
+            continue
+        shape = weights.shape(hf_name)
+        planned.append(PlannedTensor(
+            gguf_tensor_name(hf_name, spec, model_dir), shape, tensor_type(shape, quant),
+            lambda n=hf_name: to_gguf_layout(n, weights.get(n), spec)))
+    if (spec.tied and untie) or (not spec.tied and "lm_head.weight" not in weights):
+        if not spec.tied:
+            log.warning("no lm_head.weight although tie_word_embeddings is false: writing the embeddings as output")
+        embed = "model.embed_tokens.weight"
+        shape = weights.shape(embed)
+        planned.append(PlannedTensor("output.weight", shape, tensor_type(shape, quant), lambda: weights.get(embed)))
+    if spec.rope["rope_type"] == "llama3":
+        factors = llama3_rope_factors(spec)
+        planned.append(PlannedTensor(gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight", factors.shape,
+                                     gguf.GGMLQuantizationType.F32, lambda: factors))
+
+    file_type = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
+                 "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[quant]
+
+    def kv(writer):
+        writer.add_type(gguf.GGUFType.MODEL)
+        writer.add_name(name or Path(str(source)).name)
+        add_hparams(writer, spec)
+        writer.add_file_type(int(file_type))
+        writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+        add_tokenizer(writer, meta)
+
+    size = stream_gguf(out_path, spec.arch, kv, planned)
+    log.info("%s: %s %s GGUF, %d tensors, %.1f MiB, pre-tokenizer %s%s", out_path, spec.model_type, quant,
+             len(planned), size / 2**20, meta["pre"], " (untied output)" if spec.tied and untie else "")
+    return {"path": str(out_path), "arch": spec.arch, "quant": quant, "tensors": len(planned), "bytes": size,
+            "pre_tokenizer": meta["pre"]}
+
+
+# --- LoRA adapters ------------------------------------------------------------------------------
+
+def _pattern_value(patterns: dict, module: str, default):
+    """PEFT's rank_pattern / alpha_pattern lookup: a key matches a module name or its dotted suffix."""
+    for key, value in (patterns or {}).items():
+        if re.match(rf"(.*\.)?({key})$", module):
+            return value
+    return default
+
+
+def _peft_module(key: str) -> tuple[str, str]:
+    """'base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight' -> (module, 'lora_A');
+    a module saved whole ('base_model.model.lm_head.weight') -> ('lm_head', 'full')."""
+    key = key.removeprefix("base_model.model.")
+    for part in (".lora_A.weight", ".lora_B.weight", ".lora_embedding_A", ".lora_embedding_B"):
+        if key.endswith(part):
+            return key[: -len(part)], part.strip(".").split(".")[0]
+    return key.removesuffix(".weight"), "full"
+
+
+def write_lora_gguf(adapter_dir, base, out_path, name: str | None = None, revision=None) -> dict:
+    """The adapter alone as a GGUF LoRA that llama.cpp applies on top of the base GGUF.
+
+    PEFT's per-module scaling (alpha / r, rank / alpha patterns, rsLoRA) is folded into lora_b and the
+    file's alpha is 0, which llama.cpp reads as scale 1. Modules saved whole (``modules_to_save``:
+    embed_tokens, lm_head) become exact full-rank pairs of their difference from the base; the base
+    GGUF must then hold ``output.weight`` apart (``write_model_gguf(untie=True)``).
+    """
+    gguf = _gguf()
+    adapter_dir = Path(adapter_dir)
+    cfg_path = adapter_dir / "adapter_config.json"
+    if not cfg_path.is_file():
+        raise SnaketuneError(cfg_path, "not found: not a PEFT adapter directory",
+                             fix="point at results/adapters/<specialist> written by the train rule")
+    acfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    if acfg.get("peft_type", "LORA") != "LORA" or acfg.get("use_dora"):
+        kind = "DoRA" if acfg.get("use_dora") else acfg.get("peft_type")
+        raise SnaketuneError(cfg_path, f"adapter type {kind} has no GGUF LoRA form", field="peft_type",
+                             fix="train a plain LoRA adapter")
+    base_dir = local_model_dir(base, revision)
+    spec = model_spec(base_dir)
+    adapter = SafetensorsDir(adapter_dir / "adapter_model.safetensors")
+    base_weights = SafetensorsDir(base_dir)
+
+    modules: dict[str, dict[str, str]] = {}
+    for key in adapter.names():
+        module, part = _peft_module(key)
+        if part == "full" and not key.endswith(".weight") or "lora_magnitude" in key:
+            raise SnaketuneError(adapter_dir / "adapter_model.safetensors", f"unexpected tensor {key!r}",
+                                 field=key, fix="export supports LoRA A/B pairs and whole embed / lm_head modules")
+        modules.setdefault(module, {})[part] = key
+
+    r_default, alpha_default = acfg.get("r", 8), acfg.get("lora_alpha", 8)
+    planned: list[PlannedTensor] = []
+    summary = {"lora": 0, "full": 0}
+    for module in sorted(modules, key=lambda m: _order(m + ".weight")):
+        parts = modules[module]
+        hf_name = module + ".weight"
+        target = gguf_tensor_name(hf_name, spec, adapter_dir)
+        if "full" in parts:
+            summary["full"] += 1
+            planned.extend(_full_delta_pair(target, hf_name, parts["full"], adapter, base_weights, spec))
+            continue
+        a_key = parts.get("lora_A") or parts.get("lora_embedding_A")
+        b_key = parts.get("lora_B") or parts.get("lora_embedding_B")
+        if not a_key or not b_key:
+            raise SnaketuneError(adapter_dir, f"{module} has only one of lora_A / lora_B", field=module,
+                                 fix="re-save the adapter")
+        rank = adapter.shape(a_key)[0]
+        r = _pattern_value(acfg.get("rank_pattern"), module, r_default)
+        alpha = _pattern_value(acfg.get("alpha_pattern"), module, alpha_default)
+        scale = alpha / math.sqrt(r) if acfg.get("use_rslora") else alpha / r
+        if rank != r:
+            log.warning("%s: rank %d in the weights, %d in the config; using the config's scaling", module, rank, r)
+        summary["lora"] += 1
+        if "lora_embedding_A" in parts:
+            # embeddings: llama.cpp gathers rows of A (vocab x r) and multiplies by B (hidden x r)
+            a_shape, b_shape = adapter.shape(a_key)[::-1], adapter.shape(b_key)
+            planned.append(PlannedTensor(target + ".lora_a", a_shape, gguf.GGMLQuantizationType.F32,
+                                         lambda k=a_key: adapter.get(k).T))
+            planned.append(PlannedTensor(target + ".lora_b", b_shape, gguf.GGMLQuantizationType.F32,
+                                         lambda k=b_key, s=scale: adapter.get(k) * s))
+            continue
+        planned.append(PlannedTensor(target + ".lora_a", adapter.shape(a_key), gguf.GGMLQuantizationType.F32,
+                                     lambda k=a_key: adapter.get(k)))
+        # B's rows are the weight's rows, so they take the same q/k permutation as the weight
+        planned.append(PlannedTensor(target + ".lora_b", adapter.shape(b_key), gguf.GGMLQuantizationType.F32,
+                                     lambda k=b_key, n=hf_name, s=scale: to_gguf_layout(n, adapter.get(k) * s, spec)))
+
+    def kv(writer):
+        writer.add_type(gguf.GGUFType.ADAPTER)
+        writer.add_name(name or adapter_dir.name)
+        writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
+        writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, 0.0)
+
+    size = stream_gguf(out_path, spec.arch, kv, planned)
+    log.info("%s: LoRA GGUF for %s, %d LoRA pairs, %d whole modules, %.1f MiB", out_path, spec.arch,
+             summary["lora"], summary["full"], size / 2**20)
+    return {"path": str(out_path), "arch": spec.arch, "tensors": len(planned), "bytes": size, **summary}
+
+
+def _full_delta_pair(target: str, hf_name: str, key: str, adapter, base_weights, spec) -> list[PlannedTensor]:
+    """A module saved whole as an exact LoRA pair: the difference from the base and an identity."""
+    gguf = _gguf()
+    base_name = hf_name
+    if base_name not in base_weights and hf_name == "lm_head.weight" and spec.tied:
+        base_name = "model.embed_tokens.weight"
+    if base_name not in base_weights:
+        raise SnaketuneError(base_weights.path, f"the adapter replaces {hf_name} but the base has no such tensor",
+                             field=hf_name, fix="export the adapter against the base it was trained on")
+    rows, cols = adapter.shape(key)
+
+    def delta():
+        return adapter.get(key) - base_weights.get(base_name)
+
+    f32 = gguf.GGMLQuantizationType.F32
+    if target.startswith("token_embd"):
+        # llama.cpp gathers rows of A per token and multiplies by B: A = delta (vocab x hidden), B = I
+        return [PlannedTensor(target + ".lora_a", (rows, cols), f32, delta),
+                PlannedTensor(target + ".lora_b", (cols, cols), f32, lambda: np.eye(cols, dtype=np.float32))]
+    return [PlannedTensor(target + ".lora_a", (cols, cols), f32, lambda: np.eye(cols, dtype=np.float32)),
+            PlannedTensor(target + ".lora_b", (rows, cols), f32, lambda: to_gguf_layout(hf_name, delta(), spec))]

@@ -1,0 +1,452 @@
+"""The train stage: one LoRA (or QLoRA) adapter per specialist with TRL's SFTTrainer, resumable and reproducible.
+
+``train_adapter`` is what the rule runs. It selects the specialist's examples, tokenizes them with the
+shared chat template (assistant-only labels), trains from the base with PEFT, checkpoints into
+``results/checkpoints/{specialist}/`` (resuming when the inputs and settings are the same), and writes
+the adapter directory atomically: adapter weights and config, tokenizer + template,
+``specialist_config.json``, ``train_metrics.json``, TensorBoard events and ``loss_curve.png``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+
+from .chat_template import encode_chat, gold_tool_names, specialist_chat, specialist_rows
+from .errors import SnaketuneError
+from .files import atomic_path, dumps_json, read_jsonl, sha256_file
+
+log = logging.getLogger("snaketune.training")
+
+CONFIG = "config/config.yaml"
+FINGERPRINT = "fingerprint.json"
+# Files of the adapter directory whose bytes depend only on the inputs (train_metrics.json holds timings).
+DETERMINISTIC_FILES = ("adapter_model.safetensors", "adapter_config.json", "specialist_config.json",
+                       "tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "loss_curve.png")
+
+
+# --- examples ---------------------------------------------------------------------------------
+
+def tokenize_rows(rows, tokenizer, settings: dict, source="results/data/train.jsonl") -> tuple[list[dict], list[str]]:
+    """Token ids and labels (-100 outside what the assistant writes) for each row; also the ids skipped.
+
+    A row whose template gives no assistant token is an error (it would train on nothing); a row longer
+    than ``max_seq_len`` is skipped (truncating it would teach the model to stop mid-call).
+    """
+    max_len = int(settings["train"]["max_seq_len"])
+    examples, skipped = [], []
+    for index, row in enumerate(rows):
+        messages, tools = specialist_chat(row, settings)
+        enc = encode_chat(tokenizer, messages, tools)
+        ids, mask = enc["input_ids"], enc["assistant_masks"]
+        if not any(mask):
+            raise SnaketuneError(source, f"row {row.get('id', index)} has an empty loss mask: the chat template "
+                                 "marks no assistant tokens", line=index + 1, field="messages",
+                                 fix="end every row with an assistant message (content or tool_calls)")
+        if len(ids) > max_len:
+            skipped.append(str(row.get("id", index)))
+            continue
+        labels = [tok if m else -100 for tok, m in zip(ids, mask)]
+        examples.append({"input_ids": ids, "labels": labels})
+    return examples, skipped
+
+
+def label_mask_tokens(labels) -> int:
+    """How many positions of a (batch of) label rows the loss sees (after the causal shift)."""
+    import torch
+
+    labels = torch.as_tensor(labels)
+    if labels.dim() == 1:
+        labels = labels[None]
+    return int((labels[:, 1:] != -100).sum())
+
+
+# --- resolved options ---------------------------------------------------------------------------
+
+def resolve_device(gpus: int) -> str:
+    import torch
+
+    if gpus and torch.cuda.is_available():
+        return "cuda"
+    if gpus:
+        log.warning("resources.gpus is %d but no CUDA device is visible; training on the CPU", gpus)
+    return "cpu"
+
+
+def resolve_options(train: dict, device: str) -> dict:
+    """``auto`` choices made concrete for this device (TRL's own defaults are wrong on CPU)."""
+    import torch
+
+    dtype = train.get("dtype", "auto")
+    if dtype == "auto":
+        dtype = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if device == "cuda" else "fp32"
+    if device == "cpu" and dtype == "fp16":
+        raise SnaketuneError(CONFIG, "fp16 training needs a GPU", field="train.dtype", fix="use auto or fp32 on CPU")
+    gc = train.get("gradient_checkpointing", "auto")
+    gc = (device == "cuda") if gc == "auto" else bool(gc)
+    packing = train.get("packing", "auto")
+    if packing == "auto":
+        packing = device == "cuda" and _has_flash_attention()
+    quant = train.get("quantization", "none")
+    if quant != "none" and device == "cpu" and dtype == "fp32":
+        pass  # bitsandbytes' CPU backend computes in fp32; the error for 8bit comes from modeling
+    return {"device": device, "dtype": dtype, "gradient_checkpointing": bool(gc), "packing": bool(packing),
+            "quantization": quant}
+
+
+def _has_flash_attention() -> bool:
+    try:
+        import flash_attn  # noqa: F401
+        return True
+    except Exception:
+        return False
+
+
+def training_arguments(settings: dict, options: dict, output_dir, n_examples: int, threads: int = 1) -> dict:
+    """The SFTConfig keyword arguments for a specialist's settings (a plain dict, so tests can read it)."""
+    train = settings["train"]
+    warmup = float(train.get("warmup_ratio", 0.0))
+    args = {
+        "output_dir": str(output_dir),
+        "num_train_epochs": float(train["epochs"]),
+        "max_steps": int(train.get("max_steps", -1)),
+        "learning_rate": float(train["lr"]),
+        "lr_scheduler_type": train.get("lr_scheduler", "linear"),
+        "warmup_steps": min(warmup, 0.999),  # below 1: a ratio of the total steps
+        "weight_decay": float(train.get("weight_decay", 0.0)),
+        "per_device_train_batch_size": int(train["batch_size"]),
+        "per_device_eval_batch_size": int(train["batch_size"]),
+        "gradient_accumulation_steps": int(train["grad_accum"]),
+        "max_length": int(train["max_seq_len"]),
+        "packing": options["packing"],
+        "padding_free": options["packing"],
+        "bf16": options["dtype"] == "bf16",
+        "fp16": options["dtype"] == "fp16",
+        "activation_checkpointing": options["gradient_checkpointing"],  # the new name of gradient_checkpointing
+        "train_sampling_strategy": "group_by_length" if train.get("group_by_length", True) else "random",
+        "deepspeed": train.get("deepspeed") or None,
+        "seed": int(train["seed"]),
+        "data_seed": int(train["seed"]),
+        "save_strategy": "steps",
+        "save_steps": int(train.get("save_steps", 50)),
+        "save_total_limit": 1,
+        "logging_steps": int(train.get("logging_steps", 10)),
+        "logging_first_step": True,
+        "eval_strategy": "no",
+        "report_to": "none",
+        "use_cpu": options["device"] == "cpu",
+        "dataloader_num_workers": 0,
+        "assistant_only_loss": False,  # labels are built here from the template's assistant mask
+        "remove_unused_columns": True,
+        "disable_tqdm": False,
+    }
+    if options["gradient_checkpointing"]:
+        args["activation_checkpointing_kwargs"] = {"use_reentrant": False}
+    return args
+
+
+def lora_config(settings: dict, quantized: bool = False):
+    from peft import LoraConfig
+
+    lora = settings["lora"]
+    target = lora.get("target_modules", "all-linear")
+    return LoraConfig(
+        r=int(lora["r"]), lora_alpha=float(lora["alpha"]), lora_dropout=float(lora["dropout"]),
+        target_modules=target if isinstance(target, str) else list(target),
+        modules_to_save=list(lora.get("modules_to_save") or []) or None,
+        bias="none", task_type="CAUSAL_LM",
+    )
+
+
+# --- checkpoints --------------------------------------------------------------------------------
+
+def fingerprint(base_identity: dict, data_hashes: dict, settings: dict, options: dict, threads: int) -> str:
+    """What a checkpoint was made from; a checkpoint is resumed only under the same fingerprint."""
+    import peft
+    import torch
+    import transformers
+    import trl
+
+    payload = {
+        "base": base_identity, "data": data_hashes,
+        "settings": {k: settings[k] for k in ("lora", "train", "system_prompt", "focus_tools")},
+        "options": options, "threads": threads,
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                     "trl": trl.__version__, "peft": peft.__version__},
+    }
+    return hashlib.sha256(dumps_json(payload).encode()).hexdigest()
+
+
+def _complete(checkpoint: Path) -> bool:
+    """A checkpoint the Trainer finished writing (trainer_state.json comes last and must parse)."""
+    try:
+        json.loads((checkpoint / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return (checkpoint / "adapter_model.safetensors").is_file()
+
+
+def resumable_checkpoint(checkpoint_dir, fp: str) -> Path | None:
+    """The newest complete checkpoint made under fingerprint ``fp``; else the directory is reset."""
+    checkpoint_dir = Path(checkpoint_dir)
+    marker = checkpoint_dir / FINGERPRINT
+    same = marker.is_file() and json.loads(marker.read_text()).get("fingerprint") == fp
+    if same:
+        found = sorted((p for p in checkpoint_dir.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
+                       key=lambda p: int(p.name.split("-")[-1]), reverse=True)
+        for checkpoint in found:
+            if _complete(checkpoint):
+                return checkpoint
+    if checkpoint_dir.exists():
+        shutil.rmtree(checkpoint_dir)
+    checkpoint_dir.mkdir(parents=True)
+    marker.write_text(dumps_json({"fingerprint": fp}))
+    return None
+
+
+# --- outputs ------------------------------------------------------------------------------------
+
+def write_tensorboard(log_history, out_dir) -> None:
+    """Scalars from the trainer's log history as one TensorBoard event file.
+
+    Wall times are the step numbers, so the file's bytes depend only on the losses.
+    """
+    from tensorboard.compat.proto.event_pb2 import Event
+    from tensorboard.compat.proto.summary_pb2 import Summary
+    from tensorboard.summary.writer.record_writer import RecordWriter
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / "events.out.tfevents.snaketune", "wb") as fh:
+        writer = RecordWriter(fh)
+        writer.write(Event(wall_time=0.0, step=0, file_version="brain.Event:2").SerializeToString())
+        for entry in log_history:
+            step = int(entry.get("step", 0))
+            values = [Summary.Value(tag=f"{'eval' if k.startswith('eval_') else 'train'}/{k.removeprefix('eval_')}",
+                                    simple_value=float(v))
+                      for k, v in sorted(entry.items())
+                      if k not in ("step", "epoch") and isinstance(v, (int, float)) and not k.endswith("_runtime")
+                      and not k.endswith("_per_second") and k not in ("total_flos", "train_runtime")]
+            if values:
+                event = Event(wall_time=float(step), step=step, summary=Summary(value=values))
+                writer.write(event.SerializeToString())
+        writer.flush()
+
+
+def plot_loss_curve(losses: list[tuple[int, float]], eval_loss, out_path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    if losses:
+        ax.plot([s for s, _ in losses], [v for _, v in losses], marker=".", label="train loss")
+    if eval_loss is not None and losses:
+        ax.axhline(eval_loss, color="tab:orange", linestyle="--", label=f"val loss {eval_loss:.3f}")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss (assistant tokens)")
+    ax.set_yscale("log")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_path, metadata={"Software": None})  # no version string: same bytes for the same losses
+    plt.close(fig)
+
+
+def _portable(path) -> str:
+    """A path as recorded in outputs: relative paths as given, absolute ones by name (no machine paths)."""
+    path = Path(path)
+    return path.as_posix() if not path.is_absolute() else path.name
+
+
+def _peak_memory_mb(device: str) -> float:
+    import resource
+
+    import torch
+
+    if device == "cuda":
+        return round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux
+
+
+# --- the trainer ----------------------------------------------------------------------------------
+
+def _trainer_class():
+    from trl import SFTTrainer
+
+    class CheckedSFTTrainer(SFTTrainer):
+        """SFTTrainer that refuses a batch whose loss mask is empty (it would train on nothing, silently)."""
+
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            labels = inputs.get("labels")
+            if labels is not None and label_mask_tokens(labels) == 0:
+                raise SnaketuneError(
+                    "results/data/train.jsonl", f"batch at step {self.state.global_step} has an empty loss mask "
+                    "(no assistant tokens after truncation)", field="train.max_seq_len",
+                    fix="raise max_seq_len or drop rows whose assistant turn does not fit")
+            return super().training_step(model, inputs, num_items_in_batch)
+
+    return CheckedSFTTrainer
+
+
+def set_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(max(1, int(threads)))
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # already set in this process
+        pass
+
+
+def train_adapter(base_dir, train_path, val_path, out_dir, settings: dict, checkpoint_dir=None, *,
+                  base_cfg: dict | None = None, threads: int = 1, gpus: int | None = None) -> dict:
+    """Train one specialist's adapter into ``out_dir`` (atomically); returns train_metrics.
+
+    ``base_dir`` is the base's local directory or hub id (``base_cfg`` = config["base_model"] adds
+    revision / trust_remote_code); ``settings`` = config.specialist_settings(config, name).
+    """
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    set_threads(threads)
+    import datasets
+    import torch
+    from datasets import Dataset
+    from trl import SFTConfig
+
+    from .modeling import base_identity, load_base_model, load_tokenizer
+
+    datasets.disable_caching()
+    datasets.disable_progress_bars()
+    base_cfg = dict(base_cfg or {})
+    base_name = str(base_dir) if base_dir else base_cfg["name_or_path"]
+    revision, trust = base_cfg.get("revision"), bool(base_cfg.get("trust_remote_code", False))
+    name = settings["name"]
+    train_cfg = settings["train"]
+    gpus = settings.get("resources", {}).get("gpus", 0) if gpus is None else gpus
+    options = resolve_options(train_cfg, resolve_device(gpus))
+    checkpoint_dir = Path(checkpoint_dir or f"results/checkpoints/{name}")
+
+    tokenizer = load_tokenizer(base_name, revision, trust)
+    train_rows = specialist_rows(read_jsonl(train_path), settings["focus_tools"])
+    val_rows = specialist_rows(read_jsonl(val_path), settings["focus_tools"]) if val_path else []
+    if not train_rows:
+        raise SnaketuneError(train_path, f"no training rows call only {name}'s focus tools",
+                             field=f"specialists.{name}.focus_tools",
+                             fix="check the tool names against the data, or leave focus_tools empty")
+    train_examples, skipped = tokenize_rows(train_rows, tokenizer, settings, str(train_path))
+    val_examples, _ = tokenize_rows(val_rows, tokenizer, settings, str(val_path))
+    if skipped:
+        log.warning("%d of %d training rows are longer than max_seq_len %d and were skipped",
+                    len(skipped), len(train_rows), train_cfg["max_seq_len"])
+    if not train_examples:
+        raise SnaketuneError(CONFIG, f"every training row of {name} is longer than max_seq_len",
+                             field="defaults.train.max_seq_len", fix="raise max_seq_len")
+    n_tokens = sum(len(e["input_ids"]) for e in train_examples)
+    log.info("%s: %d training rows (%d tokens, %.0f per row), %d validation rows, on %s (%s, %d thread%s)",
+             name, len(train_examples), n_tokens, n_tokens / len(train_examples), len(val_examples),
+             options["device"], options["dtype"], threads, "" if threads == 1 else "s")
+
+    identity = base_identity(base_name, revision)
+    data_hashes = {"train": sha256_file(train_path), "val": sha256_file(val_path) if val_path else None}
+    fp = fingerprint(identity, data_hashes, settings, options, threads)
+    resume = resumable_checkpoint(checkpoint_dir, fp)
+    if resume is not None:
+        log.info("resuming from checkpoint %s (same inputs and params)", resume)
+    else:
+        log.info("no checkpoint for these inputs and params in %s: training from the start", checkpoint_dir)
+
+    model = load_base_model(base_name, revision, trust, dtype=options["dtype"],
+                            quantization=options["quantization"],
+                            device=options["device"] if options["quantization"] != "none" else None)
+    if options["quantization"] != "none":
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=options["gradient_checkpointing"])
+    peft_config = lora_config(settings, quantized=options["quantization"] != "none")
+    args = training_arguments(settings, options, checkpoint_dir, len(train_examples), threads)
+    if args["deepspeed"]:
+        try:
+            import deepspeed  # noqa: F401
+        except ImportError as err:
+            raise SnaketuneError(CONFIG, "a DeepSpeed config is set but deepspeed is not installed",
+                                 field="train.deepspeed", fix="pip install deepspeed, or set deepspeed: null") from err
+        if not Path(args["deepspeed"]).is_file():
+            raise SnaketuneError(args["deepspeed"], "DeepSpeed config file not found", field="train.deepspeed",
+                                 fix="point train.deepspeed at a JSON file")
+
+    trainer = _trainer_class()(
+        model=model, args=SFTConfig(**args), train_dataset=Dataset.from_list(train_examples),
+        eval_dataset=Dataset.from_list(val_examples) if val_examples else None,
+        processing_class=tokenizer, peft_config=peft_config,
+    )
+    started = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    wall = time.perf_counter() - started
+    eval_loss = trainer.evaluate()["eval_loss"] if val_examples else None
+
+    history = [dict(entry) for entry in trainer.state.log_history]
+    losses = [(int(e["step"]), float(e["loss"])) for e in history if "loss" in e]
+    resumed_from = int(resume.name.split("-")[-1]) if resume else None
+    examples_seen = (trainer.state.global_step - (resumed_from or 0)) * args["per_device_train_batch_size"] \
+        * args["gradient_accumulation_steps"]
+    metrics = {
+        "specialist": name,
+        "loss": [{"step": s, "loss": v} for s, v in losses],
+        "final_train_loss": losses[-1][1] if losses else None,
+        "eval_loss": eval_loss,
+        "global_step": trainer.state.global_step,
+        "epochs": round(float(trainer.state.epoch or 0), 4),
+        "train_examples": len(train_examples),
+        "val_examples": len(val_examples),
+        "skipped_too_long": len(skipped),
+        "tokens_per_second": round(examples_seen * n_tokens / len(train_examples) / max(wall, 1e-9), 1),
+        "wall_time_s": round(wall, 1),
+        "resumed_from_step": resumed_from,
+        "peak_memory_mb": _peak_memory_mb(options["device"]),
+        "device": options["device"],
+        "threads": threads,
+    }
+    spec_config = {
+        "name": name,
+        "system_prompt": settings["system_prompt"],
+        "focus_tools": settings["focus_tools"],
+        "tools_rendered": train_cfg.get("tools_rendered", "all"),
+        "lora": settings["lora"],
+        "train": train_cfg,
+        "resolved": {**options, **{k: v for k, v in args.items() if k != "output_dir"}},
+        "base_model": identity if not Path(base_name).is_dir() else
+        {**identity, "name_or_path": base_cfg.get("name_or_path", identity["name_or_path"])},
+        "data": {"train": {"path": _portable(train_path), "sha256": data_hashes["train"]},
+                 "val": {"path": _portable(val_path) if val_path else None, "sha256": data_hashes["val"]},
+                 "train_examples": len(train_examples), "val_examples": len(val_examples),
+                 "gold_tools": sorted({n for r in train_rows for n in gold_tool_names(r)})},
+        "seed": int(train_cfg["seed"]),
+        "threads": threads,
+        "fingerprint": fp,
+    }
+    # The adapter names the base as configured (a hub id or the relative path), not this run's absolute path.
+    for cfg in trainer.model.peft_config.values():
+        cfg.base_model_name_or_path = base_cfg.get("name_or_path", base_name)
+        cfg.revision = revision
+    with atomic_path(out_dir, directory=True) as tmp:
+        # The base's vocabulary is never resized here, so the base embedding is not part of the adapter.
+        trainer.model.save_pretrained(tmp, safe_serialization=True, save_embedding_layers=False)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "README.md").unlink(missing_ok=True)  # PEFT's model card template; specialist_config says more
+        (tmp / "specialist_config.json").write_text(dumps_json(spec_config), encoding="utf-8")
+        (tmp / "train_metrics.json").write_text(dumps_json(metrics), encoding="utf-8")
+        write_tensorboard(history, tmp / "runs")
+        plot_loss_curve(losses, eval_loss, tmp / "loss_curve.png", f"{name}: LoRA training loss")
+    log.info("%s: %d steps in %.1f s, final loss %s, val loss %s; adapter in %s", name,
+             trainer.state.global_step, wall, metrics["final_train_loss"], eval_loss, out_dir)
+    del trainer, model
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return metrics

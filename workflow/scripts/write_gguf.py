@@ -1,0 +1,14 @@
+"""Entry script of rules gguf and base_gguf: wires Snakemake's objects to snaketune.gguf_export."""
+from snaketune.gguf_export import write_model_gguf
+from snaketune.logs import to_log_file
+
+with to_log_file(snakemake.log[0]):
+    write_model_gguf(
+        source=snakemake.params.source,
+        out_path=snakemake.output[0],
+        quant=snakemake.wildcards.quant,
+        name=snakemake.params.name,
+        revision=snakemake.params.revision,
+        untie=snakemake.params.untie,
+        template=snakemake.params.template,
+    )
