@@ -384,6 +384,7 @@ def test_pipeline_trains_reruns_nothing_retrains_one_and_resumes_after_sigkill(t
     _kill_tree(b)
     proc.wait()
     assert not (b / ADAPTERS[1]).exists()
+    snakemake(b, "--unlock")  # a killed Snakemake leaves its lock, as after a power loss
     snakemake(b, "--rerun-incomplete", ADAPTERS[1])
     log = (b / "logs/train/veran-tools.log").read_text()
     assert "resuming from checkpoint" in log and "same inputs and params" in log
