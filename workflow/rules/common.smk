@@ -7,16 +7,20 @@ sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "scripts"))
 from snaketune.config import (  # noqa: E402
     TINY_BASE_DIR,
     check_config,
+    check_inputs,
     fill_stage_defaults,
     load_schema,
     specialist_settings as _specialist_settings,
 )
 
 CONFIG_SCHEMA = str(Path(workflow.basedir) / "config" / "schemas" / "config.schema.yaml")
+# Name the file the user edits in error messages (the last --configfile wins over config/config.yaml).
+CONFIG_PATH = str((list(workflow.overwrite_configfiles or []) or ["config/config.yaml"])[-1])
 _schema = load_schema(CONFIG_SCHEMA)
-check_config(config, _schema)
+check_config(config, _schema, CONFIG_PATH)
 validate(config, CONFIG_SCHEMA)
 fill_stage_defaults(config, _schema)
+check_inputs(config, CONFIG_PATH)
 
 SPECIALISTS = sorted(config["specialists"])
 

@@ -49,6 +49,33 @@ def unknown_keys(config, schema: dict, node: dict | None = None, prefix: str = "
             yield path, (close[0] if close else None)
 
 
+def _key_path(parts) -> str:
+    out = ""
+    for part in parts:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def schema_errors(config: dict, schema: dict, config_path: str) -> None:
+    """Type / range / enum errors as one line naming the key (Snakemake's own message is a dump)."""
+    import jsonschema
+
+    err = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(config))
+    if err is None:
+        return
+    key = _key_path(err.absolute_path) or "<top level>"
+    if err.validator == "enum":
+        fix = f"use one of: {', '.join(map(str, err.validator_value))}"
+    elif err.validator == "type":
+        fix = f"give it a value of type {err.validator_value}"
+    elif err.validator in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf"):
+        fix = f"{err.validator} is {err.validator_value} (config/README.md)"
+    else:
+        fix = "see config/README.md for the key's format"
+    problem = err.message if len(err.message) < 200 else err.message[:197] + "..."
+    raise SnaketuneError(config_path, problem, field=key, fix=fix)
+
+
 def check_config(config: dict, schema: dict, config_path: str = "config/config.yaml") -> None:
     """Checks with messages a user can act on, run before Snakemake's validate()."""
     for key, suggestion in unknown_keys(config, schema):
@@ -64,6 +91,7 @@ def check_config(config: dict, schema: dict, config_path: str = "config/config.y
                 config_path, f"specialist name {name!r} is not allowed (it becomes a path)",
                 field=f"specialists.{name}",
                 fix="use lowercase letters, digits and '-' only, starting with a letter or digit")
+    schema_errors(config, schema, config_path)
     split = (config.get("data") or {}).get("split") or {}
     ratios = [split.get(k, d) for k, d in (("train", 0.8), ("val", 0.1), ("test", 0.1))]
     if all(isinstance(r, (int, float)) for r in ratios) and abs(sum(ratios) - 1.0) > 1e-6:
@@ -102,3 +130,29 @@ def specialist_settings(config: dict, name: str) -> dict:
     merged["system_prompt"] = spec.get("system_prompt", "")
     merged["focus_tools"] = list(spec.get("focus_tools", []))
     return merged
+
+
+def check_inputs(config: dict, config_path: str = "config/config.yaml") -> None:
+    """What must exist before anything runs: data sources, a local base model, a GGUF-able architecture."""
+    for i, source in enumerate(config["data"]["sources"]):
+        if not Path(source["path"]).is_file():
+            raise SnaketuneError(config_path, f"data source {source['path']!r} does not exist",
+                                 field=f"data.sources[{i}].path", fix="fix the path (relative to the working directory)")
+    name = config["base_model"]["name_or_path"]
+    if name.rstrip("/") == TINY_BASE_DIR:
+        return
+    from .modeling import _looks_local, check_local_dir
+
+    if not _looks_local(name):
+        return  # a hub id: checked when it is loaded
+    model_dir = check_local_dir(name)
+    if config.get("export", {}).get("enabled", True):
+        import json
+
+        from .gguf_export import SUPPORTED_FAMILIES
+
+        model_type = json.loads((model_dir / "config.json").read_text(encoding="utf-8")).get("model_type")
+        if model_type not in SUPPORTED_FAMILIES:
+            raise SnaketuneError(config_path, f"base model architecture {model_type!r} cannot be exported to GGUF",
+                                 field="base_model.name_or_path",
+                                 fix=f"use a {', '.join(SUPPORTED_FAMILIES)} model or set export.enabled: false")

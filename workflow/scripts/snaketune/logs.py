@@ -13,7 +13,7 @@ log = logging.getLogger("snaketune")
 
 @contextlib.contextmanager
 def to_log_file(path):
-    """Append everything the step prints to ``path``; a SnaketuneError is logged and re-raised.
+    """Append everything the step prints to ``path``; a SnaketuneError ends the step as one line, exit 1.
 
     Snakemake shows the log of a failed job, so the one-line message reaches the user either way.
     """
@@ -28,9 +28,10 @@ def to_log_file(path):
         try:
             yield fh
         except SnaketuneError as err:
+            # One clear line, no traceback: the job fails and Snakemake removes its outputs.
             fh.write(f"ERROR: {err}\n")
             old_err.write(f"snaketune error: {err}\n")
-            raise
+            raise SystemExit(1) from None
         finally:
             root.removeHandler(handler)
             sys.stdout, sys.stderr = old_out, old_err

@@ -1,0 +1,196 @@
+"""Writes the bad-input corpus: one directory per case with its files and case.yaml.
+
+Run `python tests/bad_inputs/generate.py` after changing a case; the directories are committed.
+Each case.yaml holds: what is wrong, the config overrides, and the pieces of the one error line it
+must produce (file and line or config key, the problem, the fix).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import yaml
+
+HERE = Path(__file__).resolve().parent
+
+RUN = {"type": "function", "function": {
+    "name": "mesen2.run", "description": "Run the emulator for a number of frames.",
+    "parameters": {"type": "object", "properties": {"frames": {"type": "integer", "minimum": 1}},
+                   "required": ["frames"], "additionalProperties": False}}}
+LOAD = {"type": "function", "function": {
+    "name": "mesen2.load_rom", "description": "Load a ROM file.",
+    "parameters": {"type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]}}}
+
+
+def row(i: int, **change) -> dict:
+    out = {"messages": [{"role": "user", "content": f"Run the game for {i + 1} frames"},
+                        {"role": "assistant", "content": None, "tool_calls": [
+                            {"type": "function", "function": {"name": "mesen2.run",
+                                                              "arguments": json.dumps({"frames": i + 1})}}]}],
+           "tools": [RUN, LOAD]}
+    out.update(change)
+    return out
+
+
+def call(name="mesen2.run", arguments='{"frames": 3}') -> dict:
+    return {"type": "function", "function": {"name": name, "arguments": arguments}}
+
+
+def good_rows(n: int = 24) -> list:
+    return [json.dumps(row(i)) for i in range(n)]
+
+
+def with_line(bad, at: int = 5, n: int = 24) -> list:
+    """Good rows with ``bad`` (a JSON value or raw text) as line ``at``."""
+    lines = good_rows(n)
+    lines.insert(at - 1, bad if isinstance(bad, str) else json.dumps(bad))
+    return lines
+
+
+def assistant(**fields) -> dict:
+    return row(0, messages=[{"role": "user", "content": "Run 3 frames"}, {"role": "assistant", **fields}])
+
+
+SOURCE = {"data": {"sources": [{"path": "data.jsonl"}]}}
+
+# name: (what is wrong, files {name: lines or bytes}, config overrides, expected pieces)
+CASES = {
+    "malformed_json_line": ("a line that is not JSON", {"data.jsonl": with_line('{"messages": [')}, SOURCE,
+                            ["data.jsonl:5", "not valid JSON", "fix:"]),
+    "wrong_type_messages": ("messages is a string", {"data.jsonl": with_line({"messages": "hello"}, 3)}, SOURCE,
+                            ["data.jsonl:3", "messages", "not of type array", "fix:"]),
+    "wrong_type_content": ("content is a number", {"data.jsonl": with_line(
+        row(0, messages=[{"role": "user", "content": 5}, {"role": "assistant", "content": "x"}]), 7)}, SOURCE,
+        ["data.jsonl:7", "messages[0].content", "not of type string or null", "fix:"]),
+    "missing_messages": ("a row without messages", {"data.jsonl": with_line({"tools": [RUN]}, 2)}, SOURCE,
+                         ["data.jsonl:2", "neither chat", "fix:"]),
+    "unknown_role": ("role 'human'", {"data.jsonl": with_line(
+        row(0, messages=[{"role": "human", "content": "hi"}, {"role": "assistant", "content": "x"}]), 4)}, SOURCE,
+        ["data.jsonl:4", "messages[0].role", "'human'", "fix:"]),
+    "arguments_not_a_string": ("arguments given as an object", {"data.jsonl": with_line(
+        assistant(content=None, tool_calls=[{"type": "function", "function": {"name": "mesen2.run", "arguments": {"frames": 3}}}]), 6)},
+        SOURCE, ["data.jsonl:6", "messages[1].tool_calls[0].function.arguments", "not of type string", "fix:"]),
+    "arguments_do_not_parse": ("arguments string is not JSON", {"data.jsonl": with_line(
+        assistant(content=None, tool_calls=[call(arguments="{frames: 3")]), 6)}, SOURCE,
+        ["data.jsonl:6", "messages[1].tool_calls[0].function.arguments", "json.dumps"]),
+    "arguments_not_an_object": ("arguments string holds a list", {"data.jsonl": with_line(
+        assistant(content=None, tool_calls=[call(arguments="[3]")]), 6)}, SOURCE,
+        ["data.jsonl:6", "not an object", "fix:"]),
+    "tool_absent_from_tools": ("a call to a tool the row does not define", {"data.jsonl": with_line(
+        assistant(content=None, tool_calls=[call(name="mesen2.explode")]), 8)}, SOURCE,
+        ["data.jsonl:8", "messages[1].tool_calls[0].function.name", "mesen2.explode", "fix:"]),
+    "arguments_violate_schema": ("frames is a string", {"data.jsonl": with_line(
+        assistant(content=None, tool_calls=[call(arguments='{"frames": "sixty"}')]), 9)}, SOURCE,
+        ["data.jsonl:9", "function.arguments.frames", "parameters", "fix:"]),
+    "missing_required_argument": ("frames missing", {"data.jsonl": with_line(
+        assistant(content=None, tool_calls=[call(arguments="{}")]), 9)}, SOURCE,
+        ["data.jsonl:9", "'frames' is a required property", "fix:"]),
+    "extra_argument": ("an argument the schema forbids", {"data.jsonl": with_line(
+        assistant(content=None, tool_calls=[call(arguments='{"frames": 3, "speed": 2}')]), 9)}, SOURCE,
+        ["data.jsonl:9", "speed", "fix:"]),
+    "empty_file": ("a source with no rows", {"data.jsonl": []}, SOURCE, ["data.jsonl", "no rows", "fix:"]),
+    "blank_lines_only": ("a source with only blank lines", {"data.jsonl": ["", "  ", ""]}, SOURCE,
+                         ["data.jsonl", "no rows", "fix:"]),
+    "every_row_a_duplicate": ("one row repeated", {"data.jsonl": [json.dumps(row(0))] * 12}, SOURCE,
+                              ["data.jsonl", "only 1 distinct valid rows", "11 duplicates", "fix:"]),
+    "row_in_two_sources": ("leakage: the same row in two files", {"data.jsonl": good_rows(),
+                                                                 "more.jsonl": [json.dumps(row(100)), json.dumps(row(3))]},
+                           {"data": {"sources": [{"path": "data.jsonl"}, {"path": "more.jsonl"}]}},
+                           ["more.jsonl:2", "also appears in data.jsonl:4", "fix:"]),
+    "split_ratios_not_one": ("ratios sum to 1.2", {"data.jsonl": good_rows()},
+                             {"data": {"sources": [{"path": "data.jsonl"}],
+                                       "split": {"train": 0.8, "val": 0.3, "test": 0.1}}},
+                             ["data.split", "sum to 1.2", "fix:"]),
+    "no_test_rows_for_specialist": ("test ratio 0 leaves no test rows", {"data.jsonl": good_rows()},
+                                    {"data": {"sources": [{"path": "data.jsonl"}],
+                                              "split": {"train": 0.9, "val": 0.1, "test": 0.0}}},
+                                    ["data.split", "no test rows", "fix:"]),
+    "focus_tool_never_occurs": ("a focus tool with no examples", {"data.jsonl": good_rows()},
+                                {**SOURCE, "specialists": {"runner": {"focus_tools": ["mesen2.run", "mesen2.explode"]}}},
+                                ["specialists.runner.focus_tools", "mesen2.explode", "never occurs", "fix:"]),
+    "specialist_name_with_slash": ("a name that would escape results/", {"data.jsonl": good_rows()},
+                                   {**SOURCE, "specialists": {"team/runner": {}}},
+                                   ["specialists.team/runner", "not allowed", "fix:"]),
+    "specialist_name_dotdot": ("a name '..'", {"data.jsonl": good_rows()}, {**SOURCE, "specialists": {"..": {}}},
+                               ["specialists...", "not allowed", "fix:"]),
+    "missing_base_model_path": ("base model directory absent", {"data.jsonl": good_rows()},
+                                {**SOURCE, "base_model": {"name_or_path": "./models/not-there"}},
+                                ["base_model.name_or_path", "does not exist", "fix:"]),
+    "base_model_only_pickles": ("a model directory with .bin weights only",
+                                {"data.jsonl": good_rows(), "model/config.json": ['{"model_type": "qwen2"}'],
+                                 "model/pytorch_model.bin": b"not really a pickle"},
+                                {**SOURCE, "base_model": {"name_or_path": "./model"}},
+                                ["model", "pytorch_model.bin", "safetensors only", "fix:"]),
+    "unsupported_gguf_architecture": ("a gpt2 base with export on",
+                                      {"data.jsonl": good_rows(), "gpt2/config.json": ['{"model_type": "gpt2"}'],
+                                       "gpt2/model.safetensors": b"placeholder"},
+                                      {**SOURCE, "base_model": {"name_or_path": "./gpt2"}, "export": {"enabled": True}},
+                                      ["base_model.name_or_path", "'gpt2'", "llama", "qwen2", "fix:"]),
+    "non_utf8_bytes": ("Latin-1 bytes in a row", {"data.jsonl": "\n".join(good_rows(6)).encode() + b"\n"
+                                                  + b'{"instruction": "caf\xe9", "output": "x"}\n'}, SOURCE,
+                       ["data.jsonl:7", "UTF-8", "fix:"]),
+    "huge_single_line": ("a 50 MB line", {"data.jsonl": "GENERATE:huge_line"}, SOURCE,
+                         ["data.jsonl:2", "MiB", "limit", "fix:"]),
+    "misspelt_config_key": ("data.spilt", {"data.jsonl": good_rows()},
+                            {"data": {"sources": [{"path": "data.jsonl"}], "spilt": {"seed": 3}}},
+                            ["data.spilt", "unknown config key", "did you mean 'split'"]),
+    "misspelt_train_key": ("defaults.train.epocs", {"data.jsonl": good_rows()},
+                           {**SOURCE, "defaults": {"train": {"epocs": 2}}},
+                           ["defaults.train.epocs", "unknown config key", "did you mean 'epochs'"]),
+    "wrong_config_type": ("lr given as text", {"data.jsonl": good_rows()},
+                          {**SOURCE, "specialists": {"runner": {"focus_tools": ["mesen2.run"], "train": {"lr": "fast"}}}},
+                          ["specialists.runner.train.lr", "not of type", "fix:"]),
+    "bad_enum_value": ("on_invalid: ignore", {"data.jsonl": good_rows()},
+                      {"data": {"sources": [{"path": "data.jsonl"}], "on_invalid": "ignore"}},
+                      ["data.on_invalid", "'ignore' is not one of", "fix: use one of: error, skip"]),
+    "missing_source_file": ("a source path that does not exist", {}, {"data": {"sources": [{"path": "nope.jsonl"}]}},
+                           ["data.sources[0].path", "nope.jsonl", "does not exist", "fix:"]),
+    "last_turn_not_assistant": ("a row ending with the user", {"data.jsonl": with_line(
+        row(0, messages=[{"role": "assistant", "content": "hi"}, {"role": "user", "content": "run"}]), 3)}, SOURCE,
+        ["data.jsonl:3", "messages[1].role", "fix:"]),
+    "empty_assistant_turn": ("assistant with no content and no calls", {"data.jsonl": with_line(
+        assistant(content=""), 3)}, SOURCE, ["data.jsonl:3", "neither content nor tool_calls", "fix:"]),
+    "tool_defined_twice": ("two definitions of one tool", {"data.jsonl": with_line(row(1, tools=[RUN, RUN]), 3)},
+                           SOURCE, ["data.jsonl:3", "defined twice", "fix:"]),
+    "invalid_parameters_schema": ("a tool's parameters is not a JSON Schema", {"data.jsonl": with_line(row(
+        1, tools=[{"type": "function", "function": {"name": "mesen2.run", "parameters": {"type": "strnig"}}}]), 3)},
+        SOURCE, ["data.jsonl:3", "tools[0].function.parameters", "fix:"]),
+    "instruction_without_output": ("an instruction row with no output", {"data.jsonl": with_line(
+        {"instruction": "Explain LDA"}, 2)}, SOURCE, ["data.jsonl:2", "output", "missing", "fix:"]),
+    "row_is_a_list": ("a line holding a JSON array", {"data.jsonl": with_line([1, 2], 2)}, SOURCE,
+                      ["data.jsonl:2", "not an object", "fix:"]),
+}
+
+BASE_CONFIG = {
+    "data": {"demo": {"enabled": False}, "split": {"train": 0.8, "val": 0.1, "test": 0.1, "seed": 1}},
+    "specialists": {"runner": {"focus_tools": ["mesen2.run"]}},
+    "export": {"enabled": False},
+}
+
+
+def main() -> None:
+    for old in HERE.iterdir():
+        if old.is_dir() and (old / "case.yaml").exists():
+            shutil.rmtree(old)
+    for name, (what, files, config, expect) in CASES.items():
+        case = HERE / name
+        case.mkdir()
+        for fname, content in files.items():
+            target = case / "files" / fname
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(content, bytes):
+                target.write_bytes(content)
+            elif isinstance(content, str):
+                target.write_text(content)
+            else:
+                target.write_text("".join(line + "\n" for line in content))
+        (case / "case.yaml").write_text(yaml.safe_dump(
+            {"what": what, "config": config, "expect": expect}, sort_keys=False, allow_unicode=True))
+    (HERE / "base_config.yaml").write_text(yaml.safe_dump(BASE_CONFIG, sort_keys=False))
+    print(f"{len(CASES)} cases written")
+
+
+if __name__ == "__main__":
+    main()

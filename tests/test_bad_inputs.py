@@ -1,0 +1,64 @@
+"""The bad-input corpus (tests/bad_inputs/): every case stops the real pipeline with one line naming
+the file and line or the config key, the problem and the fix, and leaves no new file under results/."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline import make_workdir, snakemake
+from snaketune.config import deep_merge
+
+CORPUS = Path(__file__).resolve().parent / "bad_inputs"
+CASES = sorted(p.name for p in CORPUS.iterdir() if (p / "case.yaml").is_file())
+TARGET = "results/data/split_stats.json"
+
+
+def huge_line(path: Path) -> None:
+    """A good row, then one 50 MB line (generated: too big to commit)."""
+    good = (CORPUS / "malformed_json_line" / "files" / "data.jsonl").read_text().splitlines()[0]
+    with open(path, "w") as fh:
+        fh.write(good + "\n")
+        fh.write('{"instruction": "' + "a" * (50 * 2**20) + '", "output": "x"}\n')
+
+
+def files_under(root: Path) -> set:
+    return {p.relative_to(root).as_posix() for p in (root / "results").rglob("*")} if (root / "results").exists() else set()
+
+
+@pytest.fixture(scope="module")
+def verified_env(tmp_path_factory):
+    """results/env/verify.json of a machine that has run the pipeline before: every case starts from it,
+    so any new file under results/ after a case is the refused run's."""
+    work = make_workdir(tmp_path_factory.mktemp("verified"), {"specialists": {"runner": {}}, "export": {"enabled": False}})
+    snakemake(work, "results/env/verify.json")
+    return work / "results" / "env" / "verify.json"
+
+
+def test_corpus_is_big_enough():
+    assert len(CASES) >= 30
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("name", CASES)
+def test_bad_input_is_refused_clearly(name, tmp_path, verified_env):
+    case = yaml.safe_load((CORPUS / name / "case.yaml").read_text())
+    work = tmp_path / "w"
+    work.mkdir()
+    if (CORPUS / name / "files").is_dir():
+        shutil.copytree(CORPUS / name / "files", work, dirs_exist_ok=True)
+    for path in work.rglob("*.jsonl"):
+        if path.read_bytes().startswith(b"GENERATE:huge_line"):
+            huge_line(path)
+    base = yaml.safe_load((CORPUS / "base_config.yaml").read_text())
+    make_workdir(work, deep_merge(base, case["config"]))
+    (work / "results" / "env").mkdir(parents=True)
+    shutil.copy2(verified_env, work / "results" / "env" / "verify.json")
+    before = files_under(work)
+    proc = snakemake(work, TARGET, check=False, timeout=600)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0, output[-3000:]
+    lines = [line for line in output.splitlines() if all(piece in line for piece in case["expect"])]
+    assert lines, f"no line holds all of {case['expect']}:\n{output[-4000:]}"
+    assert files_under(work) <= before, f"new files: {sorted(files_under(work) - before)}"
