@@ -14,6 +14,7 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/eval.smk"
 include: "workflow/rules/export.smk"
+include: "workflow/rules/audit.smk"
 
 
 rule all:

@@ -4,7 +4,7 @@
 # if apt is down or slow the SLURM test reports the missing binaries itself (a failure under CI=true).
 set -uo pipefail
 
-need=(slurmctld slurmd munged sbatch srun squeue scontrol go)
+need=(slurmctld slurmd munged sbatch srun squeue scontrol go chromium)
 export PATH="$PATH:/usr/sbin:/sbin"
 missing() { for b in "${need[@]}"; do command -v "$b" >/dev/null 2>&1 || return 0; done; return 1; }
 
@@ -32,7 +32,7 @@ trap cleanup EXIT
 ok=0
 for attempt in 1 2; do
     if timeout 180 apt-get "${apt_opts[@]}" update >"$log" 2>&1 &&
-        timeout 480 apt-get "${apt_opts[@]}" install -y --no-install-recommends slurm-wlm munge golang-go >>"$log" 2>&1; then
+        timeout 480 apt-get "${apt_opts[@]}" install -y --no-install-recommends slurm-wlm munge golang-go chromium >>"$log" 2>&1; then
         ok=1
         break
     fi

@@ -1,8 +1,8 @@
 """Entry script of rule gguf_parity: wires Snakemake's objects to snaketune.parity."""
-from snaketune.logs import to_log_file
 from snaketune.parity import check_parity
+from snaketune.provenance import rule_step
 
-with to_log_file(snakemake.log[0]):
+with rule_step(snakemake):
     check_parity(
         merged_dir=snakemake.input.merged,
         ggufs=dict(zip(snakemake.params.quants, snakemake.input.ggufs)),

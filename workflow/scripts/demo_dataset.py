@@ -1,5 +1,5 @@
 from snaketune.demo import write_demo_dataset
-from snaketune.logs import to_log_file
+from snaketune.provenance import rule_step
 
-with to_log_file(snakemake.log[0]):
+with rule_step(snakemake):
     write_demo_dataset(snakemake.output[0], snakemake.params.rows, snakemake.params.seed)

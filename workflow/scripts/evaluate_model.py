@@ -1,9 +1,8 @@
 """Entry script of rules evaluate_base / evaluate_tuned: wires Snakemake's objects to snaketune.evaluation."""
 from snaketune.evaluation import evaluate
-from snaketune.gpu_slots import gpu_slot
-from snaketune.logs import to_log_file
+from snaketune.provenance import rule_step
 
-with to_log_file(snakemake.log[0]), gpu_slot(snakemake.resources.gpu):
+with rule_step(snakemake):
     evaluate(
         base_cfg=snakemake.params.base_cfg,
         test_path=snakemake.input.test,

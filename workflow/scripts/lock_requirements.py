@@ -1,9 +1,9 @@
 """Rule lock: merge envs/*.yaml and resolve this machine's lock variant with uv (snaketune.envlock)."""
 
 from snaketune.envlock import write_lock
-from snaketune.logs import to_log_file
+from snaketune.provenance import rule_step
 
-with to_log_file(snakemake.log[0]):
+with rule_step(snakemake):
     write_lock(
         env_files=snakemake.input.envs,
         settings_path=snakemake.input.settings,

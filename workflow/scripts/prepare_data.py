@@ -1,8 +1,8 @@
 """Entry script of rule prepare_data: wires Snakemake's objects to snaketune.data."""
 from snaketune.data import prepare_data
-from snaketune.logs import to_log_file
+from snaketune.provenance import rule_step
 
-with to_log_file(snakemake.log[0]):
+with rule_step(snakemake):
     split = dict(snakemake.params.split)
     prepare_data(
         sources={path: snakemake.params.formats.get(path, "auto") for path in snakemake.input.sources},

@@ -1,8 +1,8 @@
 """Entry script of rule eval_summary."""
 from snaketune.evaluation import summarise
-from snaketune.logs import to_log_file
+from snaketune.provenance import rule_step
 
-with to_log_file(snakemake.log[0]):
+with rule_step(snakemake):
     names = snakemake.params.specialists
     summarise(
         base_paths=dict(zip(names, snakemake.input.base)),

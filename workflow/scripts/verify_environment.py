@@ -1,9 +1,9 @@
 """Rule verify: check this machine against the committed lock and the config (snaketune.verify)."""
 
-from snaketune.logs import to_log_file
+from snaketune.provenance import rule_step
 from snaketune.verify import verify_environment
 
-with to_log_file(snakemake.log[0]):
+with rule_step(snakemake):
     verify_environment(
         locks={"cpu": snakemake.input.lock_cpu, "cuda": snakemake.input.lock_cuda},
         data_paths=snakemake.params.data,

@@ -1,8 +1,8 @@
 """Entry script of rules gguf and base_gguf: wires Snakemake's objects to snaketune.gguf_export."""
 from snaketune.gguf_export import write_model_gguf
-from snaketune.logs import to_log_file
+from snaketune.provenance import rule_step
 
-with to_log_file(snakemake.log[0]):
+with rule_step(snakemake):
     write_model_gguf(
         source=snakemake.params.source,
         out_path=snakemake.output[0],

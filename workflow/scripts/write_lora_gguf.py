@@ -1,8 +1,8 @@
 """Entry script of rule lora_gguf: wires Snakemake's objects to snaketune.gguf_export."""
 from snaketune.gguf_export import write_lora_gguf
-from snaketune.logs import to_log_file
+from snaketune.provenance import rule_step
 
-with to_log_file(snakemake.log[0]):
+with rule_step(snakemake):
     write_lora_gguf(
         adapter_dir=snakemake.input.adapter,
         base=snakemake.params.base_model["name_or_path"],

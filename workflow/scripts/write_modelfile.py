@@ -1,8 +1,8 @@
 """Entry script of rule modelfile: wires Snakemake's objects to snaketune.modelfile."""
-from snaketune.logs import to_log_file
 from snaketune.modelfile import write_modelfile
+from snaketune.provenance import rule_step
 
-with to_log_file(snakemake.log[0]):
+with rule_step(snakemake):
     write_modelfile(
         out_path=snakemake.output[0],
         gguf_path=snakemake.input.gguf,

@@ -67,13 +67,17 @@ def sha256_file(path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+# Snakemake's own marker in directory outputs (written after the job): bookkeeping, not content.
+TREE_IGNORED = frozenset({".snakemake_timestamp"})
+
+
 def sha256_tree(path) -> str:
     """Stable hash of a file or a directory tree: relative paths and file hashes, sorted."""
     path = Path(path)
     if path.is_file():
         return sha256_file(path)
     h = hashlib.sha256()
-    for item in sorted(p for p in path.rglob("*") if p.is_file()):
+    for item in sorted(p for p in path.rglob("*") if p.is_file() and p.name not in TREE_IGNORED):
         rel = item.relative_to(path).as_posix()
         h.update(rel.encode() + b"\0" + sha256_file(item).encode() + b"\n")
     return h.hexdigest()

@@ -1,0 +1,90 @@
+# Audit and report: `snakemake audit` checks every result against its provenance record (never part of
+# `rule all`); report_tables / parity_table turn the stages' JSON results into the tables that
+# `snakemake --report results/report.html` shows. Logic lives in snaketune.audit and snaketune.report_tables.
+
+
+report: "../report/workflow.rst"
+
+
+def audit_expected_params(wildcards=None):
+    """{record path: {"params": the rule's params as the config gives them now} or {"error": why not}}.
+
+    Evaluated only when the audit job is built: the same expansion Snakemake gives a job, for the rule
+    and wildcards each provenance record names.
+    """
+    from snakemake.iocontainers import InputFiles, OutputFiles, Wildcards
+
+    from snaketune.provenance import normalised, read_records
+
+    expected = {}
+    for path, record in read_records():
+        try:
+            producer = workflow.get_rule(record["rule"])
+            wildcards_ = Wildcards(fromdict=record.get("wildcards", {}))
+            params, _ = producer.expand_params(wildcards_, InputFiles(), OutputFiles(), None)
+            expected[str(path)] = {"params": normalised(params)}
+        except Exception as err:  # a rule or specialist the workflow no longer has
+            expected[str(path)] = {"error": f"{type(err).__name__}: {err}".splitlines()[0][:300]}
+    return expected
+
+
+# The audit reads the environment snakemake runs in and writes results/audit.json itself: with no
+# inputs it never makes Snakemake rebuild what it is auditing, and with no outputs it runs every
+# time it is asked for (a failed audit keeps its JSON, which Snakemake would delete as an output).
+localrules:
+    audit,
+
+
+rule audit:
+    params:
+        expected=audit_expected_params,
+        targets=ALL_TARGETS,
+        strict=config["audit_strict"] in (True, "true"),
+        report="results/audit.json",
+    log:
+        "logs/audit.log",
+    conda:
+        "../../envs/tooling.yaml"  # the driver's env; with --use-conda its check of installed versions reads this env
+    script:
+        "../scripts/audit_results.py"
+
+
+rule report_tables:
+    input:
+        split_stats="results/data/split_stats.json",
+        verify="results/env/verify.json",
+        eval_summary="results/eval/summary.json",
+    output:
+        split_stats=report("results/report/split_stats.csv", caption="../report/split_stats.rst", category="Data",
+                           labels={"table": "split statistics"}),
+        verify=report("results/report/verify.csv", caption="../report/verify.rst", category="Environment",
+                      labels={"table": "environment checks"}),
+        eval_summary=report("results/report/eval_summary.csv", caption="../report/eval_summary.rst",
+                            category="Evaluation", labels={"table": "base vs tuned"}),
+    log:
+        "logs/report/report_tables.log",
+    conda:
+        "../../envs/report.yaml"
+    script:
+        "../scripts/write_report_tables.py"
+
+
+rule parity_table:
+    input:
+        parity=expand("results/gguf/{specialist}.parity.json", specialist=SPECIALISTS),
+    output:
+        parity=report("results/report/parity.csv", caption="../report/parity.rst", category="Export",
+                      labels={"table": "GGUF parity"}),
+    params:
+        specialists=SPECIALISTS,
+    log:
+        "logs/report/parity_table.log",
+    conda:
+        "../../envs/report.yaml"
+    script:
+        "../scripts/write_report_tables.py"
+
+
+ALL_TARGETS.extend(["results/report/split_stats.csv", "results/report/verify.csv", "results/report/eval_summary.csv"])
+if EXPORT["enabled"] and EXPORT["parity"]:
+    ALL_TARGETS.append("results/report/parity.csv")
