@@ -216,7 +216,7 @@ def tiny_config(**data):
 @pytest.mark.e2e
 def test_data_stage_end_to_end(tmp_path):
     a = make_workdir(tmp_path / "a", tiny_config())
-    snakemake(a, SPLIT_TARGET)
+    snakemake(a, SPLIT_TARGET, "results/env/verify.json")
     stats = json.loads((a / SPLIT_TARGET).read_text())
     rows = {s: [json.loads(l) for l in (a / f"results/data/{s}.jsonl").read_text().splitlines()] for s in ("train", "val", "test")}
     assert stats["counts"] == {s: len(r) for s, r in rows.items()}
