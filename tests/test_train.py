@@ -22,6 +22,7 @@ from snaketune.config import fill_stage_defaults, load_schema, specialist_settin
 from snaketune.demo import generate_demo_rows
 from snaketune.errors import SnaketuneError
 from snaketune.files import read_jsonl, sha256_file, sha256_tree, write_jsonl
+from snaketune.training import DETERMINISTIC_FILES
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = load_schema(REPO / "config" / "schemas" / "config.schema.yaml")
@@ -194,7 +195,7 @@ def test_config_maps_to_cpu_training_arguments(tmp_path):
     options = resolve_options(settings["train"], "cpu")
     assert options == {"device": "cpu", "dtype": "fp32", "gradient_checkpointing": False, "packing": False,
                        "quantization": "none"}
-    args = training_arguments(settings, options, tmp_path / "ckpt", n_examples=10)
+    args = training_arguments(settings, options, tmp_path / "ckpt")
     assert args["learning_rate"] == 1.5e-3 and args["per_device_train_batch_size"] == 3
     assert args["gradient_accumulation_steps"] == 2 and args["seed"] == 11 and args["max_length"] == 256
     assert args["train_sampling_strategy"] == "group_by_length" and args["save_steps"] == 2
@@ -210,6 +211,22 @@ def test_config_maps_to_cpu_training_arguments(tmp_path):
     assert set(lora.modules_to_save) == {"embed_tokens", "lm_head"}
     with pytest.raises(SnaketuneError, match="fp16"):
         resolve_options({**settings["train"], "dtype": "fp16"}, "cpu")
+
+
+def test_length_grouped_batches_are_reshuffled_every_epoch_and_reproducible():
+    from snaketune.training import _length_grouped_sampler
+
+    lengths = [(i * 37) % 101 + 10 for i in range(90)]
+    sampler = _length_grouped_sampler(lengths, batch_size=8, seed=3)
+    epochs = []
+    for epoch in (0, 1, 0):
+        sampler.set_epoch(epoch)
+        epochs.append(list(sampler))
+    assert sorted(epochs[0]) == list(range(90)) and epochs[0] == epochs[2] and epochs[0] != epochs[1]
+    batches = [epochs[1][i:i + 8] for i in range(0, 90, 8)]
+    padding = sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in batches)
+    shuffled = [list(range(90))[i:i + 8] for i in range(0, 90, 8)]
+    assert padding < 0.5 * sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in shuffled)
 
 
 # ------------------------------------------------------------------ base loading
@@ -293,12 +310,18 @@ def test_train_adapter_writes_a_complete_loadable_adapter_and_is_reproducible(ti
     assert any("lora_A" in n for n, _ in tuned.named_parameters())
     # Same inputs elsewhere: the same adapter bytes
     _train(tiny, tmp_path / "b", tmp_path / "ck_b")
-    for name in ("adapter_model.safetensors", "adapter_config.json", "loss_curve.png"):
+    for name in DETERMINISTIC_FILES:
         assert sha256_file(out / name) == sha256_file(tmp_path / "b" / name), name
     # A finished checkpoint for the same inputs is resumed: no step is trained again, same bytes
     again = _train(tiny, tmp_path / "c", tmp_path / "ck_a")
     assert again["resumed_from_step"] == 6
     assert sha256_file(tmp_path / "c" / "adapter_model.safetensors") == sha256_file(out / "adapter_model.safetensors")
+
+
+def test_packing_can_be_switched_on_on_cpu(tiny, tmp_path):
+    metrics = _train(tiny, tmp_path / "p", tmp_path / "ck_p", train={"packing": True, "max_steps": 3})
+    spec = json.loads((tmp_path / "p" / "specialist_config.json").read_text())
+    assert spec["resolved"]["packing"] is True and metrics["global_step"] == 3
 
 
 def test_qlora_4bit_trains_a_few_steps_where_bitsandbytes_can(tiny, tmp_path):

@@ -137,12 +137,14 @@ def quantization_config(quantization: str, compute_dtype: str = "fp32"):
 
 
 def load_base_model(name_or_path, revision=None, trust_remote_code: bool = False, dtype: str = "fp32",
-                    quantization: str = "none", device: str | None = None):
+                    quantization: str = "none", device: str | None = None, attn_implementation: str | None = None):
     """The base as AutoModelForCausalLM from safetensors (hub id or local directory, the same code)."""
     from transformers import AutoModelForCausalLM
 
     source, local = _source(name_or_path)
     kwargs = {"dtype": torch_dtype(dtype), "use_safetensors": True, "trust_remote_code": trust_remote_code}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
     if not local and revision:
         kwargs["revision"] = revision
     qconfig = quantization_config(quantization, dtype)
@@ -199,6 +201,14 @@ def base_identity(name_or_path, revision=None) -> dict:
     name = str(name_or_path)
     sha = sha256_tree(name) if Path(name).is_dir() else None
     return {"name_or_path": name, "revision": revision, "sha256": sha}
+
+
+def readable_tree(path) -> None:
+    """Give a directory written through a private temp dir the modes the umask allows (like any output)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for item in [Path(path), *Path(path).rglob("*")]:
+        item.chmod((0o777 if item.is_dir() else 0o666) & ~umask)
 
 
 # --- the embedded tiny base ----------------------------------------------------------------------
@@ -287,5 +297,6 @@ def build_tiny_base(train_path, out_dir, tiny_cfg: dict) -> None:
             "architecture": tiny_cfg.get("architecture", "qwen2"), "parameters": model.num_parameters(),
             "tokenizer_size": len(tokenizer), "train_rows": len(rows), **{k: tiny_cfg[k] for k in sorted(tiny_cfg)},
         }, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        readable_tree(tmp)
     log.info("tiny base: %s, %d parameters, %d tokens, written to %s", config.model_type,
              model.num_parameters(), len(tokenizer), out_dir)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 import shutil
 import time
@@ -47,7 +46,7 @@ def tokenize_rows(rows, tokenizer, settings: dict, source="results/data/train.js
         ids, mask = enc["input_ids"], enc["assistant_masks"]
         if not any(mask):
             raise SnaketuneError(source, f"row {row.get('id', index)} has an empty loss mask: the chat template "
-                                 "marks no assistant tokens", line=index + 1, field="messages",
+                                 "marks no assistant tokens", field="messages",
                                  fix="end every row with an assistant message (content or tool_calls)")
         if len(ids) > max_len:
             skipped.append(str(row.get("id", index)))
@@ -93,11 +92,8 @@ def resolve_options(train: dict, device: str) -> dict:
     packing = train.get("packing", "auto")
     if packing == "auto":
         packing = device == "cuda" and _has_flash_attention()
-    quant = train.get("quantization", "none")
-    if quant != "none" and device == "cpu" and dtype == "fp32":
-        pass  # bitsandbytes' CPU backend computes in fp32; the error for 8bit comes from modeling
     return {"device": device, "dtype": dtype, "gradient_checkpointing": bool(gc), "packing": bool(packing),
-            "quantization": quant}
+            "quantization": train.get("quantization", "none")}
 
 
 def _has_flash_attention() -> bool:
@@ -108,7 +104,7 @@ def _has_flash_attention() -> bool:
         return False
 
 
-def training_arguments(settings: dict, options: dict, output_dir, n_examples: int, threads: int = 1) -> dict:
+def training_arguments(settings: dict, options: dict, output_dir) -> dict:
     """The SFTConfig keyword arguments for a specialist's settings (a plain dict, so tests can read it)."""
     train = settings["train"]
     warmup = float(train.get("warmup_ratio", 0.0))
@@ -151,7 +147,7 @@ def training_arguments(settings: dict, options: dict, output_dir, n_examples: in
     return args
 
 
-def lora_config(settings: dict, quantized: bool = False):
+def lora_config(settings: dict):
     from peft import LoraConfig
 
     lora = settings["lora"]
@@ -278,6 +274,41 @@ def _peak_memory_mb(device: str) -> float:
 
 # --- the trainer ----------------------------------------------------------------------------------
 
+def _length_grouped_sampler(lengths, batch_size: int, seed: int, chunk_batches: int = 4):
+    """Length-grouped batches that are still reshuffled every epoch.
+
+    Each epoch (seeded by ``seed + epoch``) permutes the examples, cuts the permutation into chunks of
+    ``chunk_batches`` batches, sorts each chunk by length and shuffles the order of its batches.
+    Transformers' own sampler sorts chunks of 50 batches: on a small dataset that is the whole epoch,
+    so every epoch repeats the same batches from longest to shortest, which trains worse.
+    """
+    import torch
+
+    class ShuffledLengthGroupedSampler(torch.utils.data.Sampler):
+        def __init__(self):
+            self.epoch = 0
+
+        def set_epoch(self, epoch: int) -> None:
+            self.epoch = epoch
+
+        def __len__(self) -> int:
+            return len(lengths)
+
+        def __iter__(self):
+            gen = torch.Generator().manual_seed(seed + self.epoch)
+            perm = torch.randperm(len(lengths), generator=gen).tolist()
+            chunk = batch_size * chunk_batches
+            order = []
+            for start in range(0, len(perm), chunk):
+                part = sorted(perm[start:start + chunk], key=lambda i: -lengths[i])  # stable: ties keep perm order
+                batches = [part[b:b + batch_size] for b in range(0, len(part), batch_size)]
+                for k in torch.randperm(len(batches), generator=gen).tolist():
+                    order.extend(batches[k])
+            return iter(order)
+
+    return ShuffledLengthGroupedSampler()
+
+
 def _trainer_class():
     from trl import SFTTrainer
 
@@ -292,6 +323,13 @@ def _trainer_class():
                     "(no assistant tokens after truncation)", field="train.max_seq_len",
                     fix="raise max_seq_len or drop rows whose assistant turn does not fit")
             return super().training_step(model, inputs, num_items_in_batch)
+
+        def _get_train_sampler(self, train_dataset=None):
+            dataset = train_dataset if train_dataset is not None else self.train_dataset
+            if self.args.train_sampling_strategy != "group_by_length" or "input_ids" not in dataset.column_names:
+                return super()._get_train_sampler(train_dataset)
+            lengths = [len(ids) for ids in dataset["input_ids"]]
+            return _length_grouped_sampler(lengths, self.args.per_device_train_batch_size, self.args.seed)
 
     return CheckedSFTTrainer
 
@@ -320,7 +358,7 @@ def train_adapter(base_dir, train_path, val_path, out_dir, settings: dict, check
     from datasets import Dataset
     from trl import SFTConfig
 
-    from .modeling import base_identity, load_base_model, load_tokenizer
+    from .modeling import base_identity, load_base_model, load_tokenizer, readable_tree
 
     datasets.disable_caching()
     datasets.disable_progress_bars()
@@ -362,15 +400,17 @@ def train_adapter(base_dir, train_path, val_path, out_dir, settings: dict, check
     else:
         log.info("no checkpoint for these inputs and params in %s: training from the start", checkpoint_dir)
 
+    flash = options["packing"] and options["device"] == "cuda" and _has_flash_attention()
     model = load_base_model(base_name, revision, trust, dtype=options["dtype"],
                             quantization=options["quantization"],
-                            device=options["device"] if options["quantization"] != "none" else None)
+                            device=options["device"] if options["quantization"] != "none" else None,
+                            attn_implementation="flash_attention_2" if flash else None)
     if options["quantization"] != "none":
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=options["gradient_checkpointing"])
-    peft_config = lora_config(settings, quantized=options["quantization"] != "none")
-    args = training_arguments(settings, options, checkpoint_dir, len(train_examples), threads)
+    peft_config = lora_config(settings)
+    args = training_arguments(settings, options, checkpoint_dir)
     if args["deepspeed"]:
         try:
             import deepspeed  # noqa: F401
@@ -386,9 +426,9 @@ def train_adapter(base_dir, train_path, val_path, out_dir, settings: dict, check
         eval_dataset=Dataset.from_list(val_examples) if val_examples else None,
         processing_class=tokenizer, peft_config=peft_config,
     )
-    started = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    wall = time.perf_counter() - started
+    started, cpu_started = time.perf_counter(), time.process_time()
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     eval_loss = trainer.evaluate()["eval_loss"] if val_examples else None
 
     history = [dict(entry) for entry in trainer.state.log_history]
@@ -408,6 +448,7 @@ def train_adapter(base_dir, train_path, val_path, out_dir, settings: dict, check
         "skipped_too_long": len(skipped),
         "tokens_per_second": round(examples_seen * n_tokens / len(train_examples) / max(wall, 1e-9), 1),
         "wall_time_s": round(wall, 1),
+        "cpu_time_s": round(cpu, 1),  # what the steps cost, whatever else the machine was running
         "resumed_from_step": resumed_from,
         "peak_memory_mb": _peak_memory_mb(options["device"]),
         "device": options["device"],
@@ -444,6 +485,7 @@ def train_adapter(base_dir, train_path, val_path, out_dir, settings: dict, check
         (tmp / "train_metrics.json").write_text(dumps_json(metrics), encoding="utf-8")
         write_tensorboard(history, tmp / "runs")
         plot_loss_curve(losses, eval_loss, tmp / "loss_curve.png", f"{name}: LoRA training loss")
+        readable_tree(tmp)
     log.info("%s: %d steps in %.1f s, final loss %s, val loss %s; adapter in %s", name,
              trainer.state.global_step, wall, metrics["final_train_loss"], eval_loss, out_dir)
     del trainer, model
