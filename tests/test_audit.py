@@ -238,7 +238,8 @@ def result_hashes(work: Path) -> dict:
     files = [results / "data" / name for name in ("train.jsonl", "val.jsonl", "test.jsonl", "split_stats.json",
                                                    "rejected.jsonl")]
     for tree in ("base", "adapters", "merged"):
-        files += [p for p in (results / tree).rglob("*") if p.is_file() and p.name != ".snakemake_timestamp"]
+        files += [p for p in (results / tree).rglob("*")
+                  if p.is_file() and p.name != ".snakemake_timestamp" and not p.name.endswith(".timing.json")]
     files += [p for p in (results / "eval").rglob("*") if p.is_file() and not p.name.endswith(".timing.json")]
     files += list((results / "gguf").rglob("*.gguf")) + list((results / "gguf").glob("*.parity.json"))
     return {p.relative_to(work).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(files)}

@@ -28,7 +28,15 @@ rule train:
         train="results/data/train.jsonl",
         val="results/data/val.jsonl",
     output:
-        directory("results/adapters/{specialist}"),
+        adapter=report(
+            directory("results/adapters/{specialist}"),
+            patterns=["{plot}.png"],
+            caption="../report/loss_curve.rst",
+            category="Training",
+            subcategory="{specialist}",
+            labels={"specialist": "{specialist}", "figure": "loss curve"},
+        ),
+        timing="results/adapters/{specialist}.timing.json",
     params:
         settings=lambda wc: specialist_settings(wc.specialist),
         base_model=config["base_model"],

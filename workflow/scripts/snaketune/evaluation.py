@@ -34,7 +34,12 @@ def test_subset(test_path, settings: dict, max_examples: int | None = None) -> l
 
 
 def build_prompts(tokenizer, rows, settings) -> list[dict]:
-    """One prompt per row: the chat without its final assistant turn, plus the generation prompt."""
+    """One prompt per row: the chat without its final assistant turn, plus the generation prompt.
+
+    Every tool of the row is shown, whatever ``train.tools_rendered`` says: ``called`` would list only
+    the gold answer's tools and so leak the answer into the prompt.
+    """
+    settings = {**settings, "train": {**settings.get("train", {}), "tools_rendered": "all"}}
     prompts = []
     for row in rows:
         messages, tools = specialist_chat(row, settings)

@@ -19,13 +19,13 @@ from pathlib import Path
 
 from .chat_template import encode_chat, gold_tool_names, specialist_chat, specialist_rows
 from .errors import SnaketuneError
-from .files import atomic_path, dumps_json, read_jsonl, sha256_file
+from .files import atomic_path, dumps_json, read_jsonl, sha256_file, write_json
 
 log = logging.getLogger("snaketune.training")
 
 CONFIG = "config/config.yaml"
 FINGERPRINT = "fingerprint.json"
-# Files of the adapter directory whose bytes depend only on the inputs (train_metrics.json holds timings).
+# Files of the adapter directory whose bytes depend only on the inputs (timings go to a sidecar JSON).
 DETERMINISTIC_FILES = ("adapter_model.safetensors", "adapter_config.json", "specialist_config.json",
                        "tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "loss_curve.png")
 
@@ -345,7 +345,8 @@ def set_threads(threads: int) -> None:
 
 
 def train_adapter(base_dir, train_path, val_path, out_dir, settings: dict, checkpoint_dir=None, *,
-                  base_cfg: dict | None = None, threads: int = 1, gpus: int | None = None) -> dict:
+                  base_cfg: dict | None = None, threads: int = 1, gpus: int | None = None,
+                  timing_path=None) -> dict:
     """Train one specialist's adapter into ``out_dir`` (atomically); returns train_metrics.
 
     ``base_dir`` is the base's local directory or hub id (``base_cfg`` = config["base_model"] adds
@@ -476,16 +477,24 @@ def train_adapter(base_dir, train_path, val_path, out_dir, settings: dict, check
     for cfg in trainer.model.peft_config.values():
         cfg.base_model_name_or_path = base_cfg.get("name_or_path", base_name)
         cfg.revision = revision
+        if isinstance(cfg.target_modules, (set, frozenset)):  # all-linear: a set, ordered per process
+            cfg.target_modules = sorted(cfg.target_modules)
+    # What varies run to run (speed, memory, a resume) goes beside the adapter, so its bytes are reproducible.
+    timing_keys = ("tokens_per_second", "wall_time_s", "cpu_time_s", "peak_memory_mb", "resumed_from_step", "threads")
+    timing = {k: metrics[k] for k in timing_keys}
+    saved_metrics = {k: v for k, v in metrics.items() if k not in timing_keys}
     with atomic_path(out_dir, directory=True) as tmp:
         # The base's vocabulary is never resized here, so the base embedding is not part of the adapter.
         trainer.model.save_pretrained(tmp, safe_serialization=True, save_embedding_layers=False)
         tokenizer.save_pretrained(tmp)
         (tmp / "README.md").unlink(missing_ok=True)  # PEFT's model card template; specialist_config says more
         (tmp / "specialist_config.json").write_text(dumps_json(spec_config), encoding="utf-8")
-        (tmp / "train_metrics.json").write_text(dumps_json(metrics), encoding="utf-8")
+        (tmp / "train_metrics.json").write_text(dumps_json(saved_metrics), encoding="utf-8")
         write_tensorboard(history, tmp / "runs")
         plot_loss_curve(losses, eval_loss, tmp / "loss_curve.png", f"{name}: LoRA training loss")
         readable_tree(tmp)
+    if timing_path is not None:
+        write_json(timing_path, timing)
     log.info("%s: %d steps in %.1f s, final loss %s, val loss %s; adapter in %s", name,
              trainer.state.global_step, wall, metrics["final_train_loss"], eval_loss, out_dir)
     del trainer, model
