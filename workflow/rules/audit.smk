@@ -6,28 +6,6 @@
 report: "../report/workflow.rst"
 
 
-def audit_expected_params(wildcards=None):
-    """{record path: {"params": the rule's params as the config gives them now} or {"error": why not}}.
-
-    Evaluated only when the audit job is built: the same expansion Snakemake gives a job, for the rule
-    and wildcards each provenance record names.
-    """
-    from snakemake.iocontainers import InputFiles, OutputFiles, Wildcards
-
-    from snaketune.provenance import normalised, read_records
-
-    expected = {}
-    for path, record in read_records():
-        try:
-            producer = workflow.get_rule(record["rule"])
-            wildcards_ = Wildcards(fromdict=record.get("wildcards", {}))
-            params, _ = producer.expand_params(wildcards_, InputFiles(), OutputFiles(), None)
-            expected[str(path)] = {"params": normalised(params)}
-        except Exception as err:  # a rule or specialist the workflow no longer has
-            expected[str(path)] = {"error": f"{type(err).__name__}: {err}".splitlines()[0][:300]}
-    return expected
-
-
 # The audit reads the environment snakemake runs in and writes results/audit.json itself: with no
 # inputs it never makes Snakemake rebuild what it is auditing, and with no outputs it runs every
 # time it is asked for (a failed audit keeps its JSON, which Snakemake would delete as an output).

@@ -72,3 +72,77 @@ def base_model_input(wildcards=None):
 def specialist_focus_tools():
     """{specialist: focus tools}, for the data stage's coverage checks."""
     return {name: list(config["specialists"][name].get("focus_tools") or []) for name in SPECIALISTS}
+
+
+# ---- export: which GGUFs, and what parity compares
+
+EXPORT = config["export"]
+EXPORT_QUANTS = list(EXPORT["quants"])
+# The base GGUF that LoRA GGUFs apply to: the most precise configured type (parity holds it to that type's limits).
+LORA_BASE_QUANT = next(q for q in ("f32", "f16", "q8_0") if q in EXPORT_QUANTS)
+# Ollama runs the q8_0 file when there is one, else the most compact configured type.
+MODELFILE_QUANT = next(q for q in ("q8_0", "f16", "f32") if q in EXPORT_QUANTS)
+BASE_GGUF = f"results/gguf/base/base.{LORA_BASE_QUANT}.gguf"
+
+
+def export_settings(wildcards):
+    return specialist_settings(wildcards.specialist)
+
+
+def export_system_prompt(wildcards):
+    return export_settings(wildcards)["system_prompt"]
+
+
+def export_resources(wildcards):
+    return specialist_resources(wildcards.specialist)
+
+
+def export_threads(wildcards):
+    return export_resources(wildcards)["threads"]
+
+
+def merge_gpus(wildcards):
+    return export_resources(wildcards)["gpus"]
+
+
+def export_mem_mb(wildcards):
+    return export_resources(wildcards)["mem_mb"]
+
+
+def parity_inputs(wildcards):
+    """The merged model, every configured GGUF, and the base GGUF + LoRA GGUF when LoRA export is on."""
+    inputs = {
+        "merged": f"results/merged/{wildcards.specialist}",
+        "test": "results/data/test.jsonl",
+        "ggufs": expand("results/gguf/{specialist}.{quant}.gguf", specialist=wildcards.specialist,
+                        quant=EXPORT_QUANTS),
+    }
+    if EXPORT["lora_gguf"]:
+        inputs["lora"] = f"results/gguf/{wildcards.specialist}.lora.gguf"
+        inputs["base_gguf"] = BASE_GGUF
+    return inputs
+
+
+# ---- audit
+
+
+def audit_expected_params(wildcards=None):
+    """{record path: {"params": the rule's params as the config gives them now} or {"error": why not}}.
+
+    Evaluated only when the audit job is built: the same expansion Snakemake gives a job, for the rule
+    and wildcards each provenance record names.
+    """
+    from snakemake.iocontainers import InputFiles, OutputFiles, Wildcards
+
+    from snaketune.provenance import normalised, read_records
+
+    expected = {}
+    for path, record in read_records():
+        try:
+            producer = workflow.get_rule(record["rule"])
+            wildcards_ = Wildcards(fromdict=record.get("wildcards", {}))
+            params, _ = producer.expand_params(wildcards_, InputFiles(), OutputFiles(), None)
+            expected[str(path)] = {"params": normalised(params)}
+        except Exception as err:  # a rule or specialist the workflow no longer has
+            expected[str(path)] = {"error": f"{type(err).__name__}: {err}".splitlines()[0][:300]}
+    return expected

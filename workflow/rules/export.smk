@@ -1,53 +1,6 @@
 # Export stage: merged checkpoint, GGUF files (model and LoRA), parity in llama.cpp, Ollama Modelfile.
 # Logic lives in snaketune.merge, snaketune.gguf_export, snaketune.parity and snaketune.modelfile.
 
-EXPORT = config["export"]
-EXPORT_QUANTS = list(EXPORT["quants"])
-# The base GGUF that LoRA GGUFs apply to: the most precise configured type (parity holds it to that type's limits).
-LORA_BASE_QUANT = next(q for q in ("f32", "f16", "q8_0") if q in EXPORT_QUANTS)
-# Ollama runs the q8_0 file when there is one, else the most compact configured type.
-MODELFILE_QUANT = next(q for q in ("q8_0", "f16", "f32") if q in EXPORT_QUANTS)
-BASE_GGUF = f"results/gguf/base/base.{LORA_BASE_QUANT}.gguf"
-
-
-def export_settings(wildcards):
-    return specialist_settings(wildcards.specialist)
-
-
-def export_system_prompt(wildcards):
-    return export_settings(wildcards)["system_prompt"]
-
-
-def export_resources(wildcards):
-    return specialist_resources(wildcards.specialist)
-
-
-def export_threads(wildcards):
-    return export_resources(wildcards)["threads"]
-
-
-def merge_gpus(wildcards):
-    return export_resources(wildcards)["gpus"]
-
-
-def export_mem_mb(wildcards):
-    return export_resources(wildcards)["mem_mb"]
-
-
-def parity_inputs(wildcards):
-    """The merged model, every configured GGUF, and the base GGUF + LoRA GGUF when LoRA export is on."""
-    inputs = {
-        "merged": f"results/merged/{wildcards.specialist}",
-        "test": "results/data/test.jsonl",
-        "ggufs": expand("results/gguf/{specialist}.{quant}.gguf", specialist=wildcards.specialist,
-                        quant=EXPORT_QUANTS),
-    }
-    if EXPORT["lora_gguf"]:
-        inputs["lora"] = f"results/gguf/{wildcards.specialist}.lora.gguf"
-        inputs["base_gguf"] = BASE_GGUF
-    return inputs
-
-
 rule merge:
     input:
         adapter="results/adapters/{specialist}",
@@ -76,7 +29,7 @@ rule gguf:
     output:
         "results/gguf/{specialist}.{quant}.gguf",
     params:
-        source="results/merged/{specialist}",
+        source=lambda wildcards, input: input.model,
         revision=None,
         name="{specialist}",
         untie=False,
