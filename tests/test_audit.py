@@ -131,7 +131,9 @@ def test_every_step_records_its_provenance(run):
     assert tuned["wildcards"] == {"specialist": SPECIALIST}
     assert {i["path"] for i in tuned["inputs"]} == {"results/base/tiny", f"results/adapters/{SPECIALIST}",
                                                     "results/data/test.jsonl"}
-    assert tuned["seeds"] == {"params.spec.train.seed": 42}
+    assert tuned["seeds"] == {}  # greedy decoding; the adapter's seed is in the train record
+    train = json.loads((run / f"results/provenance/train/{SPECIALIST}.json").read_text())
+    assert train["seeds"]["params.settings.train.seed"] == 42
     assert tuned["params"]["eval_cfg"]["max_new_tokens"] == 32
     assert {"torch", "transformers", "peft"} <= set(tuned["environment"]["packages"])
     assert "evaluation.py" in tuned["code"]["package"]["imported"]

@@ -38,6 +38,12 @@ def specialist_settings(name):
     return _specialist_settings(config, name)
 
 
+def eval_settings(name):
+    """What eval uses of a specialist: editing its training settings must not rerun its base eval."""
+    settings = specialist_settings(name)
+    return {key: settings[key] for key in ("name", "system_prompt", "focus_tools")}
+
+
 def specialist_resources(name):
     return specialist_settings(name)["resources"]
 

@@ -10,7 +10,7 @@ rule evaluate_base:
         generations="results/eval/base/{specialist}.generations.jsonl",
         timing="results/eval/base/{specialist}.timing.json",
     params:
-        spec=lambda wc: specialist_settings(wc.specialist),
+        spec=lambda wc: eval_settings(wc.specialist),
         eval_cfg=config["eval"],
         base_cfg=config["base_model"],
     threads: 1
@@ -37,7 +37,7 @@ rule evaluate_tuned:
         generations="results/eval/tuned/{specialist}.generations.jsonl",
         timing="results/eval/tuned/{specialist}.timing.json",
     params:
-        spec=lambda wc: specialist_settings(wc.specialist),
+        spec=lambda wc: eval_settings(wc.specialist),
         eval_cfg=config["eval"],
         base_cfg=config["base_model"],
     threads: 1
