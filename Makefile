@@ -16,7 +16,7 @@ $(VENV)/.installed: $(LOCK) pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --upgrade pip
 	$(BIN)/pip install torch==2.13.0
 	CMAKE_ARGS="-DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF" $(BIN)/pip install -r $(LOCK)
-	$(BIN)/pip install --no-deps --no-build-isolation -e .
+	$(BIN)/pip install --no-deps -e .
 	touch $@
 
 install: $(VENV)/.installed
