@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from .errors import SnaketuneError
+from .errors import SnaketuneError, field_path
 
 SPECIALIST_NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 TINY_BASE_DIR = "results/base/tiny"
@@ -49,13 +49,6 @@ def unknown_keys(config, schema: dict, node: dict | None = None, prefix: str = "
             yield path, (close[0] if close else None)
 
 
-def _key_path(parts) -> str:
-    out = ""
-    for part in parts:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
 def schema_errors(config: dict, schema: dict, config_path: str) -> None:
     """Type / range / enum errors as one line naming the key (Snakemake's own message is a dump)."""
     import jsonschema
@@ -63,7 +56,7 @@ def schema_errors(config: dict, schema: dict, config_path: str) -> None:
     err = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(config))
     if err is None:
         return
-    key = _key_path(err.absolute_path) or "<top level>"
+    key = field_path(err.absolute_path) or "<top level>"
     if err.validator == "enum":
         fix = f"use one of: {', '.join(map(str, err.validator_value))}"
     elif err.validator == "type":

@@ -17,7 +17,8 @@ from pathlib import Path
 import jsonschema
 import yaml
 
-from .errors import SnaketuneError
+from .chat_template import gold_tool_names
+from .errors import SnaketuneError, field_path
 from .files import dumps_json, write_json, write_jsonl
 
 SCHEMA_DIR = Path(__file__).resolve().parents[3] / "config" / "schemas"
@@ -37,14 +38,6 @@ def _validator(kind: str):
         schema = _load_schema(f"{kind}_row.schema.yaml")
         _VALIDATORS[kind] = jsonschema.Draft202012Validator(schema)
     return _VALIDATORS[kind]
-
-
-def field_path(parts) -> str:
-    """['messages', 1, 'tool_calls'] -> 'messages[1].tool_calls'."""
-    out = ""
-    for part in parts:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
 
 
 def _short(value, limit: int = 80) -> str:
@@ -238,7 +231,7 @@ def normalise_row(value, *, path="<input>", line: int | None = None, declared: s
 
 def gold_tools(row) -> list[str]:
     """Names of the tools the final assistant turn calls (sorted, unique)."""
-    return sorted({c["function"]["name"] for c in row["messages"][-1].get("tool_calls", [])})
+    return sorted(set(gold_tool_names(row)))
 
 
 def prompt_key(row) -> str:

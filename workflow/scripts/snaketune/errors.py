@@ -35,6 +35,14 @@ class SnaketuneError(Exception):
         return self.message.replace("\n", " ")
 
 
+def field_path(parts) -> str:
+    """['messages', 1, 'tool_calls'] -> 'messages[1].tool_calls' (rows and config keys alike)."""
+    out = ""
+    for part in parts:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
 def config_error(key: str, problem: str, fix: str | None = None,
                  path: str = "config/config.yaml") -> SnaketuneError:
     """An error about a config key (the key path is the 'field')."""

@@ -148,10 +148,11 @@ def rescore_generations(path, targets: dict) -> dict:
 
 
 def model_fingerprint(base_cfg: dict) -> str:
-    name = base_cfg["name_or_path"]
-    if Path(name).is_dir():
-        return "sha256:" + sha256_tree(name)
-    return f"{name}@{base_cfg.get('revision') or 'unpinned'}"
+    """The base as the eval JSON names it: its content hash (local dir) or hub id @ revision."""
+    from .modeling import base_identity
+
+    ident = base_identity(base_cfg["name_or_path"], base_cfg.get("revision"))
+    return f"sha256:{ident['sha256']}" if ident["sha256"] else f"{ident['name_or_path']}@{ident['revision'] or 'unpinned'}"
 
 
 def validate_result(result: dict) -> None:

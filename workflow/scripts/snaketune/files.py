@@ -23,6 +23,10 @@ def atomic_path(final, *, directory: bool = False):
     target = tmp if directory else tmp / final.name
     try:
         yield target
+        if directory:  # mkdtemp makes 0700; an output directory gets the modes the umask allows
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(target, 0o777 & ~umask)
         if final.is_dir() and not final.is_symlink():
             shutil.rmtree(final)
         elif final.exists():
