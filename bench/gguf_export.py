@@ -144,6 +144,7 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=1, help="timed conversions per tool and type")
     parser.add_argument("--layers", type=int, default=QWEN25_05B["num_hidden_layers"])
     args = parser.parse_args(argv)
+    load_at_start = [round(x, 2) for x in os.getloadavg()]  # common.machine() reads it when the JSON is written
     if args.quick:
         args.quants, args.layers, args.repeats = "f16", 4, 1
     llama = find_llama_cpp(args.llama_cpp)
@@ -168,6 +169,7 @@ def main(argv=None) -> int:
         for _ in range(args.repeats):
             for tool, template in (("ours", OURS), ("convert_hf_to_gguf", BASELINE)):
                 outs[tool].unlink(missing_ok=True)
+                os.sync()  # neither tool inherits the other's dirty pages (write-back would slow its writes)
                 code = template.format(scripts=str(common.REPO / "workflow" / "scripts"), llama=str(llama),
                                        model=str(model), out=str(outs[tool]), quant=quant)
                 run = common.time_child([sys.executable, "-c", code], env=envs[tool], cwd=str(root))
@@ -208,7 +210,8 @@ def main(argv=None) -> int:
               f"tensors identical: {d['tensors_ours'] - d['n_differing'] - len(d['only_ours'])}/{d['tensors_ours']}"
               + (f" (differ: {d['differing'][:4]})" if d["n_differing"] else ""))
     common.write_result(common.result_path(__file__, args), {
-        "benchmark": "gguf_export", "machine": common.machine(), "quick": args.quick,
+        "benchmark": "gguf_export", "machine": common.machine() | {"load_avg_at_bench_start": load_at_start},
+        "quick": args.quick,
         "model": {"shape": {**QWEN25_05B, "num_hidden_layers": args.layers}, "dtype": "bfloat16",
                   "safetensors_bytes": size, "init": "random (seed 0)", "tokenizer": "demo tiny BPE (qwen2 split)"},
         "baseline": {"script": "convert_hf_to_gguf.py", "source": f"llama-cpp-python {LLAMA_CPP_VERSION} sdist",

@@ -1,5 +1,6 @@
 """GGUF files for llama.cpp / Ollama: a merged llama, qwen2 or mistral checkpoint (f32, f16, q8_0) and a
-PEFT LoRA adapter alone, written with the ``gguf`` package one tensor at a time.
+PEFT LoRA adapter alone, written with the ``gguf`` package, each tensor streamed from the safetensors file in
+row blocks (memory holds one block, never a whole tensor or model).
 
 Bytes depend only on the inputs (no time, no paths), so the reproducibility checks can hash them.
 
@@ -13,6 +14,7 @@ Stable API:
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -72,44 +74,121 @@ def local_model_dir(name_or_path, revision=None) -> Path:
     return check_local_dir(path)
 
 
+# safetensors dtype -> numpy dtype of its bytes. bf16 has no numpy type: its raw bits are carried under
+# BF16 (a 2-byte structured dtype), widened exactly to float32 (or mapped straight to f16) by ``encode``.
+BF16 = np.dtype([("bf16", "<u2")])
+_SAFETENSORS_DTYPES = {"BF16": BF16, "F16": np.dtype("<f2"), "F32": np.dtype("<f4"), "F64": np.dtype("<f8")}
+BLOCK_BYTES = 1 << 20  # source bytes per streamed row block
+
+
+@dataclass(frozen=True)
+class _StoredTensor:
+    file: Path
+    dtype: str      # safetensors dtype name
+    shape: tuple
+    start: int      # absolute byte offset of the data in ``file``
+    nbytes: int
+
+
+def _read_header(file: Path) -> dict[str, _StoredTensor]:
+    """A safetensors file's tensor table (8-byte little-endian header size, JSON header, data)."""
+    fix = "save the model with save_pretrained(..., safe_serialization=True)"
+    size = file.stat().st_size
+    try:
+        with open(file, "rb") as fh:
+            head = fh.read(8)
+            n = int.from_bytes(head, "little")
+            if len(head) < 8 or n > size - 8:
+                raise ValueError(f"a header of {n} bytes in a file of {size}")
+            header = json.loads(fh.read(n))
+        base = 8 + n
+        table = {}
+        for key, info in header.items():
+            if key == "__metadata__":
+                continue
+            begin, end = (int(x) for x in info["data_offsets"])
+            shape = tuple(int(d) for d in info["shape"])
+            if not 0 <= begin <= end <= size - base:
+                raise ValueError(f"{key}: data {begin}..{end} outside the file")
+            table[key] = _StoredTensor(file, info["dtype"], shape, base + begin, end - begin)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise SnaketuneError(file, f"is not a readable safetensors file ({err})", fix=fix) from err
+    return table
+
+
 class SafetensorsDir:
-    """Every tensor of a (possibly sharded) safetensors checkpoint, read one at a time."""
+    """Every tensor of a (possibly sharded) safetensors checkpoint, read one at a time.
+
+    Reads go through plain file reads (no memory map, no torch), whole or in row blocks, so a tensor's
+    pages never stay in the process's memory once it has been written out.
+    """
 
     def __init__(self, path, names_prefix: str = ""):
-        from safetensors import safe_open
-
         self.path = Path(path)
         files = sorted(self.path.glob("*.safetensors")) if self.path.is_dir() else [self.path]
         if not files:
             raise SnaketuneError(self.path, "holds no *.safetensors weights",
                                  fix="save the model with save_pretrained(..., safe_serialization=True)")
-        self._where: dict[str, Path] = {}
-        self._shapes: dict[str, tuple[int, ...]] = {}
+        self._tensors: dict[str, _StoredTensor] = {}
         for file in files:
-            with safe_open(str(file), framework="pt") as handle:
-                for key in handle.keys():
-                    self._where[key] = file
-                    self._shapes[key] = tuple(handle.get_slice(key).get_shape())
-        self._open: dict[Path, object] = {}
+            self._tensors.update(_read_header(file))
 
     def names(self) -> list[str]:
-        return list(self._where)
+        return list(self._tensors)
 
     def __contains__(self, name) -> bool:
-        return name in self._where
+        return name in self._tensors
 
     def shape(self, name) -> tuple[int, ...]:
-        return self._shapes[name]
+        return self._tensors[name].shape
+
+    def _stored(self, name) -> tuple[_StoredTensor, np.dtype]:
+        t = self._tensors[name]
+        dtype = _SAFETENSORS_DTYPES.get(t.dtype)
+        if dtype is None:
+            raise SnaketuneError(t.file, f"tensor {name!r} is stored as {t.dtype}; GGUF export reads "
+                                 f"{', '.join(_SAFETENSORS_DTYPES)} weights", field=name,
+                                 fix="save the merged model in bfloat16, float16 or float32")
+        if t.nbytes != math.prod(t.shape) * dtype.itemsize:
+            raise SnaketuneError(t.file, f"tensor {name!r}: {t.nbytes} bytes for shape {t.shape} {t.dtype}",
+                                 field=name, fix="re-save the model (the file is damaged)")
+        return t, dtype
+
+    def raw_blocks(self, name, multiple: int = 1):
+        """The tensor in its stored dtype (``BF16`` for bfloat16), as blocks of whole rows (a multiple of
+        ``multiple`` rows, about ``BLOCK_BYTES`` each). Each block is a view of one reused buffer: use it
+        before asking for the next."""
+        t, dtype = self._stored(name)
+        rows = t.shape[0] if t.shape else 1
+        row_bytes = t.nbytes // rows if rows else 0
+        step = max(1, BLOCK_BYTES // max(row_bytes * multiple, 1)) * multiple
+        buf = np.empty(min(step, rows) * row_bytes, dtype=np.uint8)
+        with open(t.file, "rb", buffering=0) as fh:
+            for first in range(0, rows, step):
+                n = min(step, rows - first)
+                view = memoryview(buf)[: n * row_bytes]
+                fh.seek(t.start + first * row_bytes)
+                got = 0
+                while got < len(view):
+                    k = fh.readinto(view[got:])
+                    if not k:
+                        raise SnaketuneError(t.file, f"tensor {name!r} ends early", field=name,
+                                             fix="re-save the model (the file is damaged)")
+                    got += k
+                yield buf[: n * row_bytes].view(dtype).reshape((n, *t.shape[1:]) if t.shape else ())
 
     def get(self, name) -> np.ndarray:
-        """The tensor as float32 numpy (bf16 and f16 widen exactly)."""
-        import torch
-        from safetensors import safe_open
+        """The tensor as float32 numpy (bf16 and f16 widen exactly), read whole into its own buffer."""
+        t = self._tensors[name]
+        blocks = list(self.raw_blocks(name, multiple=max(t.shape[0] if t.shape else 1, 1)))
+        return widen(blocks[0]) if blocks else np.zeros(t.shape, dtype=np.float32)
 
-        file = self._where[name]
-        if file not in self._open:
-            self._open[file] = safe_open(str(file), framework="pt")
-        return self._open[file].get_tensor(name).to(torch.float32).numpy()
+
+def widen(data: np.ndarray) -> np.ndarray:
+    """Stored values as float32: bf16 bits shifted into place (exact), f16 / f32 / f64 cast."""
+    if data.dtype == BF16:
+        return (data.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
+    return data.astype(np.float32, copy=False)
 
 
 # --- the model's shape ---------------------------------------------------------------------------
@@ -241,20 +320,30 @@ def llama_permute(weights: np.ndarray, n_head: int) -> np.ndarray:
             .swapaxes(1, 2).reshape(weights.shape))
 
 
-def to_gguf_layout(hf_name: str, data: np.ndarray, spec: ModelSpec) -> np.ndarray:
-    """Rows reordered the way llama.cpp's graph expects (llama family q/k only)."""
+def permuted_heads(hf_name: str, spec: ModelSpec) -> int | None:
+    """The head count whose rows llama.cpp's layout reorders within each head (llama q/k), else None."""
     if spec.arch == "llama":
         if hf_name.endswith(("q_proj.weight", "q_proj.bias")):
-            return llama_permute(data, spec.n_head)
+            return spec.n_head
         if hf_name.endswith(("k_proj.weight", "k_proj.bias")):
-            return llama_permute(data, spec.n_kv_head)
-    return data
+            return spec.n_kv_head
+    return None
+
+
+def to_gguf_layout(hf_name: str, data: np.ndarray, spec: ModelSpec) -> np.ndarray:
+    """Rows reordered the way llama.cpp's graph expects (llama family q/k only)."""
+    heads = permuted_heads(hf_name, spec)
+    return data if heads is None else llama_permute(data, heads)
+
+
+@functools.lru_cache(maxsize=8)
+def _tensor_name_map(arch: str, n_layers: int):
+    """gguf's HF -> GGUF name table for one architecture and depth (costly to build: once per model)."""
+    return _gguf().get_tensor_name_map(_arch_enum(arch), n_layers)
 
 
 def gguf_tensor_name(hf_name: str, spec: ModelSpec, path=None) -> str:
-    gguf = _gguf()
-    mapped = gguf.get_tensor_name_map(_arch_enum(spec.arch), spec.n_layers).get_name(
-        hf_name, try_suffixes=(".weight", ".bias"))
+    mapped = _tensor_name_map(spec.arch, spec.n_layers).get_name(hf_name, try_suffixes=(".weight", ".bias"))
     if mapped is None:
         raise SnaketuneError(path, f"tensor {hf_name!r} has no place in a GGUF {spec.arch} model",
                              field=hf_name, fix=EXPORT_FIX)
@@ -277,8 +366,21 @@ def nbytes(shape, qtype) -> int:
     return int(np.prod(shape)) // block * size
 
 
+@functools.lru_cache(maxsize=1)
+def _bf16_to_f16() -> np.ndarray:
+    """Every bf16 bit pattern's f16 encoding, as numpy's float32 -> float16 cast gives it (bf16 widens to
+    float32 exactly, so a lookup equals widen-then-cast bit for bit, NaN and overflow included)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return widen(np.arange(1 << 16, dtype=np.uint16).view(BF16)).astype(np.float16)
+
+
 def encode(data: np.ndarray, qtype) -> np.ndarray:
-    return _gguf().quants.quantize(np.ascontiguousarray(data, dtype=np.float32), qtype)
+    """Values (float, or raw ``BF16`` bits) as the bytes of GGUF type ``qtype``; rows encode independently,
+    so a tensor encoded in row blocks gives the same bytes as encoded whole."""
+    gguf = _gguf()
+    if data.dtype == BF16 and qtype == gguf.GGMLQuantizationType.F16:
+        return np.take(_bf16_to_f16(), data.view(np.uint16))
+    return gguf.quants.quantize(np.ascontiguousarray(widen(data), dtype=np.float32), qtype)
 
 
 # --- tokenizer ----------------------------------------------------------------------------------
@@ -398,14 +500,49 @@ class PlannedTensor:
     name: str             # GGUF name
     shape: tuple          # numpy (row-major) shape
     qtype: object         # GGMLQuantizationType
-    load: object          # () -> float32 numpy array in GGUF layout
+    load: object = None   # () -> float32 numpy array in GGUF layout (small or computed tensors)
+    blocks: object = None  # () -> iterator of row blocks in GGUF layout (streamed from the checkpoint)
+
+    def chunks(self):
+        """The tensor's GGUF bytes, one encoded row block at a time."""
+        if self.blocks is None:
+            data = self.load()
+            if tuple(data.shape) != tuple(self.shape):
+                raise AssertionError(f"{self.name}: planned {self.shape}, loaded {data.shape}")
+            yield encode(data, self.qtype)
+            return
+        rows = 0
+        for block in self.blocks():
+            if tuple(block.shape[1:]) != tuple(self.shape[1:]):
+                raise AssertionError(f"{self.name}: planned {self.shape}, loaded rows of {block.shape[1:]}")
+            rows += block.shape[0] if block.ndim else 1
+            yield encode(block, self.qtype)
+        if rows != (self.shape[0] if self.shape else 1):
+            raise AssertionError(f"{self.name}: planned {self.shape}, loaded {rows} rows")
+
+
+def checkpoint_tensor(name: str, weights: SafetensorsDir, hf_name: str, qtype, spec: ModelSpec) -> PlannedTensor:
+    """A checkpoint tensor streamed in blocks of whole rows (whole heads where llama's q/k permutation
+    reorders rows within each head), so memory holds one block, never the tensor."""
+    shape = weights.shape(hf_name)
+    heads = permuted_heads(hf_name, spec)
+    if heads is None:
+        return PlannedTensor(name, shape, qtype, blocks=lambda: weights.raw_blocks(hf_name))
+    per_head = shape[0] // heads
+
+    def blocks():
+        for block in weights.raw_blocks(hf_name, multiple=per_head):
+            yield llama_permute(block, block.shape[0] // per_head)
+
+    return PlannedTensor(name, shape, qtype, blocks=blocks)
 
 
 def stream_gguf(out_path, arch: str, kv, tensors: list[PlannedTensor]) -> int:
-    """Header, metadata and tensor infos first, then each tensor loaded, encoded and written in turn.
+    """Header, metadata and tensor infos first, then each tensor read, encoded and written block by block.
 
-    ``kv(writer)`` adds the metadata. Peak memory is one tensor (plus its encoded copy); the file
-    appears at ``out_path`` only once complete.
+    ``kv(writer)`` adds the metadata. Peak memory is one row block (plus its encoded copy) beyond the
+    metadata; the file appears at ``out_path`` only once complete. The tensor data is laid out exactly as
+    ``GGUFWriter.write_tensor_data`` lays it out (each tensor aligned, then padded to the alignment).
     """
     gguf = _gguf()
     with atomic_path(out_path) as tmp:
@@ -416,12 +553,20 @@ def stream_gguf(out_path, arch: str, kv, tensors: list[PlannedTensor]) -> int:
         writer.write_header_to_file(path=tmp)
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
+        # write_tensor_data takes a whole tensor; the same steps by hand (gguf 0.19's one output file and
+        # its tensor-info table, consumed in order) take it in blocks
+        (fout,) = writer.fout
+        infos = writer.tensors[0]
         for t in tensors:
-            data = t.load()
-            if tuple(data.shape) != tuple(t.shape):
-                raise AssertionError(f"{t.name}: planned {t.shape}, loaded {data.shape}")
-            writer.write_tensor_data(encode(data, t.qtype))
-            del data
+            info = infos.pop(t.name)
+            writer.write_padding(fout, fout.tell())
+            written = 0
+            for chunk in t.chunks():
+                fout.write(memoryview(np.ascontiguousarray(chunk)).cast("B"))
+                written += chunk.nbytes
+            if written != info.nbytes:
+                raise AssertionError(f"{t.name}: planned {info.nbytes} bytes, wrote {written}")
+            writer.write_padding(fout, written)
         writer.close()
         size = tmp.stat().st_size
     return size
@@ -462,20 +607,18 @@ def write_model_gguf(source, out_path, quant: str, name: str | None = None, revi
     for hf_name in sorted(weights.names(), key=_order):
         if hf_name in skip or hf_name.endswith("rotary_emb.inv_freq"):
             continue
-        shape = weights.shape(hf_name)
-        planned.append(PlannedTensor(
-            gguf_tensor_name(hf_name, spec, model_dir), shape, tensor_type(shape, quant),
-            lambda n=hf_name: to_gguf_layout(n, weights.get(n), spec)))
+        planned.append(checkpoint_tensor(gguf_tensor_name(hf_name, spec, model_dir), weights, hf_name,
+                                         tensor_type(weights.shape(hf_name), quant), spec))
     if (spec.tied and untie) or (not spec.tied and "lm_head.weight" not in weights):
         if not spec.tied:
             log.warning("no lm_head.weight although tie_word_embeddings is false: writing the embeddings as output")
         embed = "model.embed_tokens.weight"
-        shape = weights.shape(embed)
-        planned.append(PlannedTensor("output.weight", shape, tensor_type(shape, quant), lambda: weights.get(embed)))
+        planned.append(checkpoint_tensor("output.weight", weights, embed, tensor_type(weights.shape(embed), quant),
+                                         spec))
     if spec.rope["rope_type"] == "llama3":
         factors = llama3_rope_factors(spec)
         planned.append(PlannedTensor(gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight", factors.shape,
-                                     gguf.GGMLQuantizationType.F32, lambda: factors))
+                                     gguf.GGMLQuantizationType.F32, load=lambda: factors))
 
     file_type = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
                  "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[quant]
