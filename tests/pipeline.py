@@ -67,3 +67,57 @@ def run_pipeline(workdir: Path, config: dict, targets=(), **kw) -> Path:
     make_workdir(workdir, config)
     snakemake(workdir, *targets, **kw)
     return Path(workdir)
+
+
+# ---- a tiny whole config (seconds per step), for end-to-end tests that need the real rules
+
+TINY_BASE_SHAPE = {"architecture": "qwen2", "vocab_size": 512, "hidden_size": 32, "intermediate_size": 64,
+                   "num_layers": 1, "num_heads": 2, "num_kv_heads": 1, "seed": 7}
+DEMO_SPECIALISTS = {
+    "veran-tools": {"system_prompt": "You are Veran. Answer with a tool call.",
+                    "focus_tools": ["yaze_debugger.read_memory", "yaze_debugger.write_memory",
+                                    "yaze_debugger.assemble"]},
+    "mesen-runner": {"system_prompt": "You drive Mesen2. Answer with a tool call.",
+                     "focus_tools": ["mesen2.load_rom", "mesen2.run", "mesen2.screenshot", "mesen2.read_memory"]},
+}
+
+
+def tiny_config(specialists=None, *, train=None, resources=None, eval_cfg=None, export=False) -> dict:
+    """Demo data, the tiny base, a few training steps, a short eval: the real rules, seconds per step.
+
+    ``train``, ``resources`` and ``eval_cfg`` update the defaults below; ``specialists`` defaults to
+    DEMO_SPECIALISTS (two, on the demo's yaze_debugger and mesen2 tools).
+    """
+    import copy
+
+    return {
+        "base_model": {"name_or_path": "results/base/tiny"},
+        "tiny_base": dict(TINY_BASE_SHAPE),
+        "data": {"demo": {"enabled": True, "rows": 120, "seed": 5}, "sources": [],
+                 "split": {"train": 0.8, "val": 0.1, "test": 0.1, "seed": 1}},
+        "defaults": {"lora": {"r": 4, "alpha": 8},
+                     "train": {"max_steps": 5, "batch_size": 2, "grad_accum": 1, "lr": 5.0e-3, "save_steps": 5,
+                               "logging_steps": 1, "max_seq_len": 1024, "tools_rendered": "called", **(train or {})},
+                     "resources": {"gpus": 0, "threads": 1, "mem_mb": 1000, **(resources or {})}},
+        "specialists": copy.deepcopy(DEMO_SPECIALISTS if specialists is None else specialists),
+        "eval": {"batch_size": 8, "max_new_tokens": 32, "max_examples": 8, **(eval_cfg or {})},
+        "export": {"enabled": bool(export)},
+    }
+
+
+def copy_workdir(src: Path, dest: Path) -> Path:
+    """A copy of a run's directory (results, logs, .snakemake metadata; code still linked to the checkout)."""
+    import shutil
+
+    shutil.copytree(src, dest, symlinks=True)
+    return Path(dest)
+
+
+def start_snakemake(workdir: Path, *args: str, output: Path, env: dict | None = None) -> subprocess.Popen:
+    """Start the Snakemake CLI in ``workdir`` like snakemake() but without waiting; stdout and stderr go to
+    ``output``. It leads a process group of its own, so a test can signal it with its jobs as Ctrl-C does."""
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    with open(output, "w") as fh:
+        return subprocess.Popen([*SNAKEMAKE, *args, "--cores", "2", "--resources", "gpu=1"], cwd=workdir,
+                                stdout=fh, stderr=subprocess.STDOUT, env=full_env, start_new_session=True)

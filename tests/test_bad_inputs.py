@@ -1,6 +1,10 @@
 """The bad-input corpus (tests/bad_inputs/): every case stops the real pipeline with one line naming
-the file and line or the config key, the problem and the fix, and leaves no new file under results/."""
+the file and line or the config key, the problem and the fix, and leaves no new file under results/.
 
+A case that fails after the data stage names the targets to build first (``prepare``: their files are
+not new), its own ``target``, and the environment of the run (``env``, ``{workdir}`` expanded)."""
+
+import os
 import shutil
 from pathlib import Path
 
@@ -21,6 +25,13 @@ def huge_line(path: Path) -> None:
     with open(path, "w") as fh:
         fh.write(good + "\n")
         fh.write('{"instruction": "' + "a" * (50 * 2**20) + '", "output": "x"}\n')
+
+
+def case_env(case: dict, work: Path) -> dict:
+    env = {key: str(value).replace("{workdir}", str(work)) for key, value in (case.get("env") or {}).items()}
+    if "PYTHONPATH" in env and os.environ.get("PYTHONPATH"):
+        env["PYTHONPATH"] += os.pathsep + os.environ["PYTHONPATH"]
+    return env
 
 
 def files_under(root: Path) -> set:
@@ -44,8 +55,10 @@ def test_bad_input_is_refused_clearly(name, tmp_path):
             huge_line(path)
     base = yaml.safe_load((CORPUS / "base_config.yaml").read_text())
     make_workdir(work, deep_merge(base, case["config"]))
+    if case.get("prepare"):
+        snakemake(work, *case["prepare"], timeout=600)
     before = files_under(work)
-    proc = snakemake(work, TARGET, check=False, timeout=600)
+    proc = snakemake(work, case.get("target", TARGET), check=False, timeout=600, env=case_env(case, work))
     output = proc.stdout + proc.stderr
     assert proc.returncode != 0, output[-3000:]
     lines = [line for line in output.splitlines() if all(piece in line for piece in case["expect"])]

@@ -55,6 +55,10 @@ def assistant(**fields) -> dict:
 
 SOURCE = {"data": {"sources": [{"path": "data.jsonl"}]}}
 
+# The shape of the tiny base for cases that build one (small: built in seconds).
+TINY_BASE = {"vocab_size": 512, "hidden_size": 32, "intermediate_size": 64, "num_layers": 1, "num_heads": 2,
+             "num_kv_heads": 1}
+
 # name: (what is wrong, files {name: lines or bytes}, config overrides, expected pieces)
 CASES = {
     "malformed_json_line": ("a line that is not JSON", {"data.jsonl": with_line('{"messages": [')}, SOURCE,
@@ -161,6 +165,24 @@ CASES = {
         {"instruction": "Explain LDA"}, 2)}, SOURCE, ["data.jsonl:2", "output", "missing", "fix:"]),
     "row_is_a_list": ("a line holding a JSON array", {"data.jsonl": with_line([1, 2], 2)}, SOURCE,
                       ["data.jsonl:2", "not an object", "fix:"]),
+    "quantization_4bit_without_bitsandbytes": (
+        "quantization: 4bit where bitsandbytes cannot be imported (a shim package on PYTHONPATH stands in "
+        "for a machine whose bitsandbytes is missing or broken)",
+        {"data.jsonl": good_rows(),
+         "shim/bitsandbytes/__init__.py": ['raise ImportError("bitsandbytes cannot run here (bad-input corpus shim)")']},
+        {**SOURCE, "tiny_base": TINY_BASE, "defaults": {"train": {"quantization": "4bit"}}},
+        ["config/config.yaml", "train.quantization", "bitsandbytes", "fix:", "quantization: none"]),
+}
+
+# Cases that fail after the data stage: the extra keys of their case.yaml.
+#   env: variables for the run ({workdir} stands for its directory; PYTHONPATH is prepended to the caller's)
+#   prepare: targets built before the run (their files are not "new"); target: what the run asks for
+EXTRA = {
+    "quantization_4bit_without_bitsandbytes": {
+        "env": {"PYTHONPATH": "{workdir}/shim"},
+        "prepare": ["results/data/split_stats.json", "results/base/tiny"],
+        "target": "results/adapters/runner",
+    },
 }
 
 BASE_CONFIG = {
@@ -187,7 +209,8 @@ def main() -> None:
             else:
                 target.write_text("".join(line + "\n" for line in content))
         (case / "case.yaml").write_text(yaml.safe_dump(
-            {"what": what, "config": config, "expect": expect}, sort_keys=False, allow_unicode=True))
+            {"what": what, "config": config, "expect": expect, **EXTRA.get(name, {})}, sort_keys=False,
+            allow_unicode=True))
     (HERE / "base_config.yaml").write_text(yaml.safe_dump(BASE_CONFIG, sort_keys=False))
     print(f"{len(CASES)} cases written")
 

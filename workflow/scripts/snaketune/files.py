@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -15,10 +16,15 @@ from pathlib import Path
 def atomic_path(final, *, directory: bool = False):
     """Yield a temporary sibling path; rename it onto ``final`` only if the block succeeds.
 
-    A failed step leaves nothing at ``final`` (and no temporary either).
+    A failed step leaves nothing at ``final`` (and no temporary either). A killed one (SIGKILL, power
+    loss) cannot clean up: its temporary is removed by the next write of ``final``.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    stale = re.compile(rf"\.{re.escape(final.name)}\.[a-z0-9_]{{8}}\.tmp")  # mkdtemp's 8 random characters
+    for old in final.parent.iterdir():
+        if old.is_dir() and not old.is_symlink() and stale.fullmatch(old.name):
+            shutil.rmtree(old, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
     target = tmp if directory else tmp / final.name
     try:

@@ -1,0 +1,1 @@
+raise ImportError("bitsandbytes cannot run here (bad-input corpus shim)")
