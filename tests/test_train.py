@@ -183,6 +183,22 @@ def test_specialist_subset_and_rendered_tools():
     assert build_messages(row, "", "all")[0][0]["content"] == "row prompt"  # no specialist prompt: the row's stays
 
 
+def test_compact_tools_keep_every_tool_and_what_a_call_needs():
+    from snaketune.demo import FAMILIES
+
+    row = {"messages": [{"role": "user", "content": "Load roms/a.sfc as PAL."}], "tools": FAMILIES["mesen2"]}
+    full, compact = build_messages(row, "", "all")[1], build_messages(row, "", "compact")[1]
+    assert [t["function"]["name"] for t in compact] == [t["function"]["name"] for t in full]  # no tool dropped
+    load = compact[0]["function"]
+    assert load == {"name": "mesen2.load_rom", "description": "Load a ROM image into the Mesen2 emulator.",
+                    "parameters": {"type": "object", "required": ["path"],
+                                   "properties": {"path": {"type": "string"},
+                                                  "region": {"type": "string", "enum": ["NTSC", "PAL"]}}}}
+    assert FAMILIES["mesen2"][0]["function"]["parameters"]["properties"]["path"]["pattern"]  # the row is untouched
+    shorter = len(apply_template(None, *build_messages(row, "", "compact")))
+    assert shorter < 0.8 * len(apply_template(None, *build_messages(row, "", "all")))
+
+
 # ------------------------------------------------------------------ settings -> trainer arguments
 
 def test_config_maps_to_cpu_training_arguments(tmp_path):
@@ -230,6 +246,46 @@ def test_length_grouped_batches_are_reshuffled_every_epoch_and_reproducible():
 
 
 # ------------------------------------------------------------------ base loading
+
+def test_assistant_head_loss_equals_the_full_logits_loss_and_its_gradients(tiny):
+    """The LM head applied at labelled positions only gives the loss and gradients of the full logits."""
+    import collections
+    import types
+
+    import torch
+    from peft import get_peft_model
+
+    from snaketune.modeling import load_base
+    from snaketune.training import assistant_head_loss, lora_config, tokenize_rows
+
+    settings = settings_for(train={"tools_rendered": "all"}, lora={"dropout": 0.0})  # no random masks
+    model, tokenizer = load_base({"name_or_path": str(tiny / "base")})
+    torch.manual_seed(0)
+    model = get_peft_model(model, lora_config(settings))
+    examples, _ = tokenize_rows(read_jsonl(tiny / "train.jsonl")[:3], tokenizer, settings)
+    width = max(len(e["input_ids"]) for e in examples)
+    ids = torch.zeros((3, width), dtype=torch.long)
+    labels, attn = torch.full_like(ids, -100), torch.zeros_like(ids)
+    for r, e in enumerate(examples):  # right padding, as the collator pads
+        n = len(e["input_ids"])
+        ids[r, :n], labels[r, :n], attn[r, :n] = torch.tensor(e["input_ids"]), torch.tensor(e["labels"]), 1
+    trainer = types.SimpleNamespace(_metrics={"train": collections.defaultdict(list)}, _total_train_tokens=0)
+    model.train()
+    ours = assistant_head_loss(trainer, model, {"input_ids": ids, "attention_mask": attn, "labels": labels})
+    ours.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad()
+    logits = model(input_ids=ids, attention_mask=attn).logits
+    full = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
+                                             ignore_index=-100)
+    full.backward()
+    assert abs(ours.item() - full.item()) < 1e-5 and ours.item() > 1.0
+    assert len(grads) > 4
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            assert torch.allclose(grads[name], param.grad, atol=1e-6, rtol=1e-4), name
+    assert trainer._total_train_tokens == int(attn.sum()) and 0 <= trainer._metrics["train"]["mean_token_accuracy"][0] <= 1
+
 
 def test_tiny_base_is_deterministic_and_loads(tiny, tmp_path):
     from snaketune.modeling import build_tiny_base, load_base
@@ -468,3 +524,115 @@ def test_default_config_specialists_call_the_right_tool(tmp_path):
         bench = (work / f"benchmarks/train/{name}.tsv").read_text().splitlines()
         seconds += float(bench[1].split("\t")[0])
     print(f"train jobs: {seconds:.0f} s in all")
+
+
+# ------------------------------------------------------------------ multi-process training (issue 6 item 4)
+
+def test_process_count_is_one_per_gpu_held_or_train_processes():
+    from snaketune.distributed import needs_launcher, process_count
+
+    auto = settings_for()
+    assert "processes" not in auto["train"]  # absent = auto: single-process settings (and bytes) as before
+    assert process_count(auto, []) == 1 and process_count(auto, ["0"]) == 1
+    assert process_count(auto, ["2", "3"]) == 2
+    assert process_count(auto, ["2", "3"], cuda=False) == 1  # cards torch cannot use: one CPU process, as before
+    forced = settings_for(train={"processes": 2})
+    assert process_count(forced, []) == 2  # CPU processes (gloo): how it is tested without a GPU
+    assert process_count(settings_for(train={"processes": 1}), ["0", "1"]) == 1
+    with pytest.raises(SnaketuneError, match="train.processes.*holds 1 GPU"):
+        process_count(forced, ["0"])
+    assert not needs_launcher(1, auto) and needs_launcher(2, auto)
+    assert needs_launcher(1, settings_for(train={"deepspeed": "config/deepspeed/zero2.json"}))
+
+
+def test_processes_key_is_checked_against_the_schema():
+    from snaketune.config import check_config
+
+    def config(processes):
+        return {"specialists": {"a": {"train": {"processes": processes}}}}
+
+    check_config(config("auto"), SCHEMA)
+    check_config(config(4), SCHEMA)
+    for bad in (0, "two"):
+        with pytest.raises(SnaketuneError, match="specialists.a.train.processes"):
+            check_config(config(bad), SCHEMA)
+
+
+def test_torchrun_command_and_child_environment():
+    from snaketune.distributed import PACKAGE_PARENT, child_env, per_process_threads, torchrun_command
+
+    command = torchrun_command(2, "/tmp/args.json", python="/venv/bin/python")
+    assert command == ["/venv/bin/python", "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                       "--max-restarts", "0", "-m", "snaketune.distributed", "/tmp/args.json"]
+    env = child_env(2, 8, {"PYTHONPATH": "/elsewhere", "CUDA_VISIBLE_DEVICES": "2,3"})
+    assert env["PYTHONPATH"].split(os.pathsep) == [str(PACKAGE_PARENT), "/elsewhere"]
+    assert env["OMP_NUM_THREADS"] == "4" and env["CUDA_VISIBLE_DEVICES"] == "2,3"  # the job's slot, passed on
+    assert per_process_threads(1, 2) == 1 and per_process_threads(16, 4) == 4
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_deepspeed_configs_parse_with_their_zero_stage(stage):
+    config = json.loads((REPO / "config" / "deepspeed" / f"zero{stage}.json").read_text())
+    assert config["zero_optimization"]["stage"] == stage
+    # "auto": the Trainer fills them from the specialist's settings, so one file serves every specialist
+    for key in ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "gradient_clipping"):
+        assert config[key] == "auto"
+    assert config["bf16"]["enabled"] == "auto" and config["fp16"]["enabled"] == "auto"
+    assert "optimizer" not in config and "scheduler" not in config  # train.lr / lr_scheduler stay in charge
+    if stage == 3:  # rank 0 saves the adapter from weights gathered off every rank
+        assert config["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True
+
+
+def test_a_user_error_in_a_torchrun_child_ends_the_step_with_its_message(tiny, tmp_path, capsys):
+    from snaketune.distributed import launch_training
+
+    settings = settings_for(train={"processes": 2})
+    settings["focus_tools"] = ["no_such.tool"]
+    with pytest.raises(SnaketuneError, match="no training rows call only veran-tools's focus tools") as err:
+        launch_training([], base_dir=str(tiny / "base"), train_path=str(tiny / "train.jsonl"),
+                        val_path=str(tiny / "val.jsonl"), out_dir=tmp_path / "out", settings=settings,
+                        checkpoint_dir=tmp_path / "ck", base_cfg={"name_or_path": "results/base/tiny"}, threads=1)
+    assert err.value.field == "specialists.veran-tools.focus_tools" and err.value.fix  # the child's error, whole
+    assert "[rank 0]" in capsys.readouterr().out  # the children's output reached this process's stdout (the log)
+    assert not (tmp_path / "out").exists()
+
+
+TWO_PROCESSES = "specialists:\n  veran-tools: {train: {processes: 2}}\n"  # the README's example file
+
+
+@pytest.mark.e2e
+def test_pipeline_trains_a_specialist_with_two_gloo_processes(tmp_path):
+    """Two torchrun processes on the CPU: world size 2 in the log, one complete adapter that loads."""
+    from peft import PeftModel
+    from pipeline import make_workdir, snakemake
+
+    from snaketune.modeling import load_base
+
+    work = make_workdir(tmp_path / "ddp", e2e_config(train={"max_steps": 6, "save_steps": 3}))
+    (work / "two-processes.yaml").write_text(TWO_PROCESSES)
+    snakemake(work, ADAPTERS[1], "--configfile", "two-processes.yaml", timeout=600)  # --configfile takes several
+
+    log = (work / "logs/train/veran-tools.log").read_text()
+    assert "training with 2 processes" in log and "torch.distributed.run --standalone --nproc-per-node 2" in log
+    for rank in (0, 1):
+        assert f"[rank {rank}] snaketune.distributed: distributed: world size 2, rank {rank}, backend gloo" in log
+    assert "Traceback" not in log
+    out = work / ADAPTERS[1]
+    for name in DETERMINISTIC_FILES + ("train_metrics.json",):
+        assert (out / name).is_file(), name
+    assert list((out / "runs").glob("events.out.tfevents*"))
+    assert sorted(p.name for p in out.parent.iterdir()) == ["veran-tools", "veran-tools.timing.json"]
+    metrics = json.loads((out / "train_metrics.json").read_text())
+    assert metrics["global_step"] == 6 and len(metrics["loss"]) == 6 and metrics["world_size"] == 2
+    spec = json.loads((out / "specialist_config.json").read_text())
+    assert spec["train"]["processes"] == 2
+    assert spec["resolved"]["world_size"] == 2 and spec["resolved"]["ddp_backend"] == "gloo"
+    # each rank trained on its own half of every global batch: rank 1's RNG state sits in the checkpoint
+    checkpoint = work / "results/checkpoints/veran-tools/checkpoint-6"
+    assert (checkpoint / "rng_state_0.pth").is_file() and (checkpoint / "rng_state_1.pth").is_file()
+    model, _ = load_base({"name_or_path": str(work / "results/base/tiny")})
+    tuned = PeftModel.from_pretrained(model, str(out))
+    assert any("lora_A" in n for n, _ in tuned.named_parameters())
+    record = json.loads((work / "results/provenance/train/veran-tools.json").read_text())
+    assert "training.py" in record["code"]["package"]["imported"]
+    assert {"torch", "transformers", "peft", "trl"} <= set(record["environment"]["packages"])

@@ -27,6 +27,8 @@ rule train:
         base=base_model_input,
         train="results/data/train.jsonl",
         val="results/data/val.jsonl",
+        # A DeepSpeed config is an input: editing it retrains.
+        deepspeed=lambda wc: specialist_settings(wc.specialist)["train"].get("deepspeed") or [],
     output:
         adapter=report(
             directory("results/adapters/{specialist}"),

@@ -1,9 +1,11 @@
-"""Entry script of rule train: wires Snakemake's objects to snaketune.training."""
+"""Entry script of rule train: wires Snakemake's objects to snaketune.training (via snaketune.distributed)."""
+from snaketune.distributed import launch_training
 from snaketune.provenance import rule_step
-from snaketune.training import train_adapter
 
-with rule_step(snakemake):
-    train_adapter(
+with rule_step(snakemake) as devices:
+    # One process: train_adapter right here; gpus > 1 (or train.processes > 1): torchrun, one process each.
+    launch_training(
+        devices,
         base_dir=snakemake.params.base_model["name_or_path"],
         train_path=snakemake.input.train,
         val_path=snakemake.input.val,

@@ -41,7 +41,9 @@ GENERATION_PROMPT = "<|im_start|>assistant\n"
 SPECIAL_TOKENS = [PAD_TOKEN, START_OF_TURN, END_OF_TURN]
 TEMPLATE_TOKENS = ["<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>", "<tools>", "</tools>"]
 
-TOOLS_RENDERED = ("all", "called")
+TOOLS_RENDERED = ("all", "compact", "called")
+# What ``compact`` keeps of a parameter's JSON Schema: its type and its allowed values.
+COMPACT_PARAMETER_KEYS = ("type", "enum")
 
 
 def gold_tool_names(row: dict) -> list[str]:
@@ -79,13 +81,32 @@ def _called_names(messages) -> set[str]:
     return names
 
 
+def compact_tool(tool: dict) -> dict:
+    """A tool definition cut to what choosing and calling it needs: name, description, parameter names
+    with their types and allowed values, and which are required (patterns, bounds and per-parameter
+    descriptions dropped). The same function of the row's tools at training and inference time."""
+    tool = tool.get("function", tool) if tool.get("type", "function") == "function" else tool
+    params = tool.get("parameters") or {}
+    slim = {"name": tool.get("name")}
+    if tool.get("description"):
+        slim["description"] = tool["description"]
+    slim["parameters"] = {
+        "type": params.get("type", "object"),
+        "properties": {key: {k: v for k, v in (spec or {}).items() if k in COMPACT_PARAMETER_KEYS}
+                       for key, spec in (params.get("properties") or {}).items()},
+        "required": list(params.get("required") or []),
+    }
+    return {"type": "function", "function": slim}
+
+
 def build_messages(row: dict, system_prompt: str = "", tools_rendered: str = "all",
                    focus_tools=None) -> tuple[list[dict], list[dict]]:
     """The messages and tools a specialist shows the model for one canonical row.
 
     ``system_prompt`` (when not empty) replaces the row's own system message. ``tools_rendered``:
-    ``all`` shows the row's tools; ``called`` only those the row's assistant turns call (much shorter
-    prompts; the specialist then sees at inference the same reduced list). ``focus_tools``, when
+    ``all`` shows the row's tools as given; ``compact`` all of them through ``compact_tool`` (a quarter
+    of the prompt tokens fewer on the demo data); ``called`` only those the row's assistant turns call
+    (much shorter prompts, but they name the answer, so eval never uses it). ``focus_tools``, when
     given, also drops tools outside the specialist's focus. Tool order is the row's.
     """
     if tools_rendered not in TOOLS_RENDERED:
@@ -98,6 +119,8 @@ def build_messages(row: dict, system_prompt: str = "", tools_rendered: str = "al
     if tools_rendered == "called":
         called = _called_names(messages)
         tools = [t for t in tools if t.get("function", t).get("name") in called]
+    elif tools_rendered == "compact":
+        tools = [compact_tool(t) for t in tools]
     if focus_tools:
         tools = [t for t in tools if t.get("function", t).get("name") in set(focus_tools)]
     return messages, tools

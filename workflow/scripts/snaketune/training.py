@@ -188,8 +188,11 @@ def _complete(checkpoint: Path) -> bool:
     return (checkpoint / "adapter_model.safetensors").is_file()
 
 
-def resumable_checkpoint(checkpoint_dir, fp: str) -> Path | None:
-    """The newest complete checkpoint made under fingerprint ``fp``; else the directory is reset."""
+def resumable_checkpoint(checkpoint_dir, fp: str, *, reset: bool = True) -> Path | None:
+    """The newest complete checkpoint made under fingerprint ``fp``; else the directory is reset.
+
+    ``reset=False`` (ranks other than 0, after rank 0 has looked): find, never touch the directory.
+    """
     checkpoint_dir = Path(checkpoint_dir)
     marker = checkpoint_dir / FINGERPRINT
     same = marker.is_file() and json.loads(marker.read_text()).get("fingerprint") == fp
@@ -199,6 +202,8 @@ def resumable_checkpoint(checkpoint_dir, fp: str) -> Path | None:
         for checkpoint in found:
             if _complete(checkpoint):
                 return checkpoint
+    if not reset:
+        return None
     if checkpoint_dir.exists():
         shutil.rmtree(checkpoint_dir)
     checkpoint_dir.mkdir(parents=True)
@@ -309,6 +314,45 @@ def _length_grouped_sampler(lengths, batch_size: int, seed: int, chunk_batches: 
     return ShuffledLengthGroupedSampler()
 
 
+def _assistant_head_applies(model, inputs, return_outputs: bool, args) -> bool:
+    import torch
+
+    if return_outputs or args.packing or "labels" not in inputs or "attention_mask" not in inputs:
+        return False
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel) or getattr(model, "is_quantized", False):
+        return False
+    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return hasattr(causal_lm, "model") and hasattr(causal_lm, "lm_head") and not getattr(causal_lm, "is_quantized", False)
+
+
+def assistant_head_loss(trainer, model, inputs, num_items_in_batch=None):
+    """Run the decoder, then the LM head on the labelled positions only; log TRL's token metrics."""
+    import torch
+    import torch.nn.functional as F
+
+    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    hidden = causal_lm.model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                             use_cache=False).last_hidden_state
+    labels = inputs["labels"][:, 1:]
+    keep = labels != -100
+    logits = causal_lm.lm_head(hidden[:, :-1][keep]).float()
+    targets = labels[keep]
+    n_items = keep.sum() if num_items_in_batch is None else num_items_in_batch
+    loss = F.cross_entropy(logits, targets, reduction="sum") / torch.as_tensor(n_items).clamp(min=1)
+    mode = "train" if model.training else "eval"
+    with torch.no_grad():
+        n_valid = int(keep.sum())
+        log_probs = torch.log_softmax(logits, dim=-1)
+        entropy = -(log_probs.exp() * log_probs).sum(-1).sum().item()
+        correct = (logits.argmax(-1) == targets).sum().item()
+        trainer._metrics[mode]["entropy"].append(entropy / n_valid if n_valid else 0.0)
+        trainer._metrics[mode]["mean_token_accuracy"].append(correct / n_valid if n_valid else 0.0)
+        if mode == "train":
+            trainer._total_train_tokens += int(inputs["attention_mask"].sum())
+        trainer._metrics[mode]["num_tokens"] = [trainer._total_train_tokens]
+    return loss
+
+
 def _trainer_class():
     from trl import SFTTrainer
 
@@ -323,6 +367,17 @@ def _trainer_class():
                     "(no assistant tokens after truncation)", field="train.max_seq_len",
                     fix="raise max_seq_len or drop rows whose assistant turn does not fit")
             return super().training_step(model, inputs, num_items_in_batch)
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            """Cross-entropy with the LM head applied only where a label is (the assistant's tokens).
+
+            SFTTrainer's fused head computes log-probabilities over the whole vocabulary at every position
+            and then masks all but the assistant's ~5 %. Same loss and gradients, fewer FLOPs. Packed /
+            padding-free batches, multi-process (DDP) and quantized models take TRL's path.
+            """
+            if not _assistant_head_applies(model, inputs, return_outputs, self.args):
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            return assistant_head_loss(self, model, inputs, num_items_in_batch)
 
         def _get_train_sampler(self, train_dataset=None):
             dataset = train_dataset if train_dataset is not None else self.train_dataset
@@ -359,7 +414,7 @@ def train_adapter(base_dir, train_path, val_path, out_dir, settings: dict, check
     from datasets import Dataset
     from trl import SFTConfig
 
-    from .modeling import base_identity, load_base_model, load_tokenizer, readable_tree
+    from .modeling import base_identity, load_base_model, load_tokenizer, quantization_config, readable_tree
 
     datasets.disable_caching()
     datasets.disable_progress_bars()
@@ -370,7 +425,15 @@ def train_adapter(base_dir, train_path, val_path, out_dir, settings: dict, check
     train_cfg = settings["train"]
     gpus = settings.get("resources", {}).get("gpus", 0) if gpus is None else gpus
     options = resolve_options(train_cfg, resolve_device(gpus))
+    # --- distributed (torchrun children, snaketune.distributed): rank 0 alone writes
+    from .distributed import backend, barrier, gathered_state_dict, rank_and_world
+
+    rank, world_size = rank_and_world()
+    if world_size > 1:
+        options["world_size"] = world_size  # in the fingerprint: n processes train differently from one
+    # --- end distributed
     checkpoint_dir = Path(checkpoint_dir or f"results/checkpoints/{name}")
+    quantization_config(options["quantization"])  # refused here, before the checkpoint directory is touched
 
     tokenizer = load_tokenizer(base_name, revision, trust)
     train_rows = specialist_rows(read_jsonl(train_path), settings["focus_tools"])
@@ -395,16 +458,22 @@ def train_adapter(base_dir, train_path, val_path, out_dir, settings: dict, check
     identity = base_identity(base_name, revision)
     data_hashes = {"train": sha256_file(train_path), "val": sha256_file(val_path) if val_path else None}
     fp = fingerprint(identity, data_hashes, settings, options, threads)
-    resume = resumable_checkpoint(checkpoint_dir, fp)
+    resume = resumable_checkpoint(checkpoint_dir, fp) if rank == 0 else None
+    if world_size > 1:  # the others look once rank 0 has kept or reset the directory
+        barrier()
+        resume = resume if rank == 0 else resumable_checkpoint(checkpoint_dir, fp, reset=False)
     if resume is not None:
         log.info("resuming from checkpoint %s (same inputs and params)", resume)
     else:
         log.info("no checkpoint for these inputs and params in %s: training from the start", checkpoint_dir)
 
     flash = options["packing"] and options["device"] == "cuda" and _has_flash_attention()
+    device = options["device"]
+    if world_size > 1 and device == "cuda":  # a quantized base goes to this rank's own card
+        device = f"cuda:{torch.cuda.current_device()}"
     model = load_base_model(base_name, revision, trust, dtype=options["dtype"],
                             quantization=options["quantization"],
-                            device=options["device"] if options["quantization"] != "none" else None,
+                            device=device if options["quantization"] != "none" else None,
                             attn_implementation="flash_attention_2" if flash else None)
     if options["quantization"] != "none":
         from peft import prepare_model_for_kbit_training
@@ -412,6 +481,8 @@ def train_adapter(base_dir, train_path, val_path, out_dir, settings: dict, check
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=options["gradient_checkpointing"])
     peft_config = lora_config(settings)
     args = training_arguments(settings, options, checkpoint_dir)
+    if world_size > 1:
+        args["ddp_backend"] = backend(options["device"])
     if args["deepspeed"]:
         try:
             import deepspeed  # noqa: F401
@@ -436,7 +507,7 @@ def train_adapter(base_dir, train_path, val_path, out_dir, settings: dict, check
     losses = [(int(e["step"]), float(e["loss"])) for e in history if "loss" in e]
     resumed_from = int(resume.name.split("-")[-1]) if resume else None
     examples_seen = (trainer.state.global_step - (resumed_from or 0)) * args["per_device_train_batch_size"] \
-        * args["gradient_accumulation_steps"]
+        * args["gradient_accumulation_steps"] * world_size
     metrics = {
         "specialist": name,
         "loss": [{"step": s, "loss": v} for s, v in losses],
@@ -482,10 +553,15 @@ def train_adapter(base_dir, train_path, val_path, out_dir, settings: dict, check
     # What varies run to run (speed, memory, a resume) goes beside the adapter, so its bytes are reproducible.
     timing_keys = ("tokens_per_second", "wall_time_s", "cpu_time_s", "peak_memory_mb", "resumed_from_step", "threads")
     timing = {k: metrics[k] for k in timing_keys}
+    if world_size > 1:
+        metrics["world_size"] = world_size
     saved_metrics = {k: v for k, v in metrics.items() if k not in timing_keys}
+    state_dict = gathered_state_dict(trainer)  # ZeRO-3 only; every rank takes part
+    if rank != 0:  # rank 0 writes the adapter; the other ranks are done
+        return metrics
     with atomic_path(out_dir, directory=True) as tmp:
         # The base's vocabulary is never resized here, so the base embedding is not part of the adapter.
-        trainer.model.save_pretrained(tmp, safe_serialization=True, save_embedding_layers=False)
+        trainer.model.save_pretrained(tmp, safe_serialization=True, save_embedding_layers=False, state_dict=state_dict)
         tokenizer.save_pretrained(tmp)
         (tmp / "README.md").unlink(missing_ok=True)  # PEFT's model card template; specialist_config says more
         (tmp / "specialist_config.json").write_text(dumps_json(spec_config), encoding="utf-8")
