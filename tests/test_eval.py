@@ -15,6 +15,7 @@ from snaketune.evaluation import (
     validate_result,
 )
 from snaketune.files import write_jsonl
+from snaketune.generation import generate_one_at_a_time
 
 SETTINGS = {"name": "runner", "system_prompt": "Drive the emulator.", "focus_tools": [],
             "train": {"tools_rendered": "all"}}
@@ -114,3 +115,111 @@ def test_schema_refuses_a_broken_result():
     bad["metrics"]["tool_accuracy"] = 1.5
     with pytest.raises(RuntimeError, match="tool_accuracy"):
         validate_result(bad)
+
+
+# ---------------------------------------------------------------- the shared-prefix decoder
+
+@pytest.fixture
+def spied_generate(monkeypatch):
+    """``generate`` with its decoders recorded and ``model.generate`` batches counted (the fallback)."""
+    from snaketune import generation
+
+    seen = {"decoders": [], "fallback_batches": 0}
+    for_model, generate_hf = generation._SharedPrefixDecoder.for_model, generation._generate_hf
+
+    def record(*args, **kwargs):
+        decoder = for_model(*args, **kwargs)
+        seen["decoders"].append(decoder)
+        return decoder
+
+    def count(*args, **kwargs):
+        seen["fallback_batches"] += 1
+        return generate_hf(*args, **kwargs)
+
+    monkeypatch.setattr(generation._SharedPrefixDecoder, "for_model", record)
+    monkeypatch.setattr(generation, "_generate_hf", count)
+    return seen
+
+
+def stops_ending_rows_early(model, tokenizer, ids, monkeypatch):
+    """The template's stop ids plus two tokens the tiny model emits, so that rows end at different steps
+    (finished rows leave the batch and waiting prompts join it mid-way)."""
+    from snaketune import generation
+    from snaketune.chat_template import stop_token_ids
+
+    stops = stop_token_ids(tokenizer)
+    free_running, _ = generate_one_at_a_time(model, tokenizer, ids, 24)
+    stops = stops + sorted({free_running[0][4], free_running[-1][10]} - set(stops))
+    monkeypatch.setattr(generation, "stop_token_ids", lambda tok: list(stops))
+    return stops
+
+
+def test_shared_prefix_decoder_equals_plain_generate(tiny_model, spied_generate, monkeypatch):
+    """Shared prefix + own greedy loop + prompt-lookup drafts + rows joining mid-way give exactly the
+    token ids of ``model.generate`` one prompt at a time (fp32 on CPU; this seeded tiny model has no argmax
+    near-ties on these prompts), twice the same."""
+    import os
+
+    model, tokenizer, rows = tiny_model
+    ids = [p["ids"] for p in build_prompts(tokenizer, rows[:9], SETTINGS)]
+    assert len({len(i) for i in ids}) > 1 and len(os.path.commonprefix(ids)) > 50  # a shared prefix, then differ
+    stops_ending_rows_early(model, tokenizer, ids, monkeypatch)
+    reference, n_reference = generate_one_at_a_time(model, tokenizer, ids, 24)
+    assert len({len(r) for r in reference}) > 2  # rows end at different steps
+    outputs, n = generate(model, tokenizer, ids, batch_size=4, max_new_tokens=24, progress=False)
+    assert outputs == reference and n == n_reference
+    assert spied_generate["fallback_batches"] == 0
+    stats = spied_generate["decoders"][-1].stats
+    assert stats["accepted"] > 0  # multi-token verification really ran (the tiny model's outputs repeat)
+    assert stats["forward_passes"] < n  # fewer passes than tokens
+    assert generate(model, tokenizer, ids, batch_size=4, max_new_tokens=24, progress=False) == (outputs, n)
+
+
+def test_shared_prefix_decoder_on_a_peft_model(tiny_model, spied_generate):
+    """A PEFT-wrapped model (LoRA on every linear layer, non-zero, plus modules_to_save), not merged."""
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    model, tokenizer, rows = tiny_model
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", modules_to_save=["lm_head"],
+                      init_lora_weights=False)
+    peft_model = get_peft_model(copy.deepcopy(model), lora).eval()
+    ids = [p["ids"] for p in build_prompts(tokenizer, rows[:6], SETTINGS)]
+
+    reference = generate_one_at_a_time(peft_model, tokenizer, ids, 16)
+    assert generate(peft_model, tokenizer, ids, batch_size=4, max_new_tokens=16, progress=False) == reference
+    assert spied_generate["fallback_batches"] == 0
+    assert peft_model.config._attn_implementation == "sdpa"  # switched back after decoding
+
+
+def test_shared_prefix_decoder_on_llama(tiny_model, spied_generate):
+    """Another architecture: a random-init tiny Llama (seed 0: no argmax near-ties on these prompts)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    _, tokenizer, rows = tiny_model
+    torch.manual_seed(0)
+    llama = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+                                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                         max_position_embeddings=2048)).eval()
+    ids = [p["ids"] for p in build_prompts(tokenizer, rows[:5], SETTINGS)]
+
+    reference = generate_one_at_a_time(llama, tokenizer, ids, 16)
+    assert generate(llama, tokenizer, ids, batch_size=2, max_new_tokens=16, progress=False) == reference
+    assert spied_generate["fallback_batches"] == 0
+
+
+def test_generate_falls_back_to_model_generate(tiny_model, spied_generate):
+    """A generation config that changes greedy choices (here a repetition penalty) goes through
+    ``model.generate``, whose outputs it then gives."""
+    import copy
+
+
+    model, tokenizer, rows = tiny_model
+    penalised = copy.deepcopy(model)
+    penalised.generation_config.repetition_penalty = 1.3
+    ids = [p["ids"] for p in build_prompts(tokenizer, rows[:5], SETTINGS)]
+    reference = generate_one_at_a_time(penalised, tokenizer, ids, 12)
+    assert generate(penalised, tokenizer, ids, batch_size=2, max_new_tokens=12, progress=False) == reference
+    assert spied_generate["decoders"] == [None] and spied_generate["fallback_batches"] == 3

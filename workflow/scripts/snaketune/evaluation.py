@@ -19,6 +19,7 @@ from . import metrics
 from .chat_template import apply_template, attach_template, specialist_chat, specialist_rows, split_prompt, stop_token_ids
 from .errors import SnaketuneError
 from .files import atomic_path, dumps_json, read_jsonl, sha256_file, sha256_tree, write_json, write_jsonl
+from .generation import generate
 
 SCHEMA_PATH = Path(__file__).resolve().parents[3] / "config" / "schemas" / "eval_result.schema.yaml"
 
@@ -36,10 +37,12 @@ def test_subset(test_path, settings: dict, max_examples: int | None = None) -> l
 def build_prompts(tokenizer, rows, settings) -> list[dict]:
     """One prompt per row: the chat without its final assistant turn, plus the generation prompt.
 
-    Every tool of the row is shown, whatever ``train.tools_rendered`` says: ``called`` would list only
-    the gold answer's tools and so leak the answer into the prompt.
+    Every tool of the row is shown, as training showed them (``all`` or ``compact``); ``called`` would
+    list only the gold answer's tools and so leak the answer into the prompt: eval shows all instead.
     """
-    settings = {**settings, "train": {**settings.get("train", {}), "tools_rendered": "all"}}
+    rendered = settings.get("train", {}).get("tools_rendered", "all")
+    settings = {**settings, "train": {**settings.get("train", {}),
+                                      "tools_rendered": "all" if rendered == "called" else rendered}}
     prompts = []
     for row in rows:
         messages, tools = specialist_chat(row, settings)
@@ -48,45 +51,6 @@ def build_prompts(tokenizer, rows, settings) -> list[dict]:
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         prompts.append({"id": row["id"], "ids": ids, "row": row, "tools": tools})
     return prompts
-
-
-def generate(model, tokenizer, prompt_ids: list[list[int]], *, batch_size: int, max_new_tokens: int,
-             progress: bool = True) -> tuple[list[list[int]], int]:
-    """Greedy decoding, batched with left padding and the KV cache, longest prompts first.
-
-    Returns the generated ids per prompt (in the input order, stop token excluded) and the number of
-    generated tokens. Sorting by length keeps the padding in each batch small.
-    """
-    import torch
-    from tqdm.auto import tqdm
-
-    stops = stop_token_ids(tokenizer)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
-    order = sorted(range(len(prompt_ids)), key=lambda i: (-len(prompt_ids[i]), i))
-    outputs: list[list[int]] = [[] for _ in prompt_ids]
-    generated = 0
-    bar = tqdm(total=len(order), desc="generate", disable=not progress, mininterval=5)
-    for start in range(0, len(order), batch_size):
-        batch = order[start:start + batch_size]
-        width = max(len(prompt_ids[i]) for i in batch)
-        ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, i in enumerate(batch):
-            seq = prompt_ids[i]
-            ids[row, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
-            mask[row, width - len(seq):] = 1
-        with torch.inference_mode():
-            out = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, num_beams=1,
-                                 max_new_tokens=max_new_tokens, eos_token_id=stops, pad_token_id=pad,
-                                 use_cache=True, temperature=None, top_p=None, top_k=None)
-        for row, i in enumerate(batch):
-            new = out[row, width:].tolist()
-            cut = next((k for k, tok in enumerate(new) if tok in stops), len(new))
-            outputs[i] = new[:cut]
-            generated += min(cut + 1, len(new))
-        bar.update(len(batch))
-    bar.close()
-    return outputs, generated
 
 
 def assistant_loss(model, tokenizer, rows, settings, batch_size: int = 8) -> float | None:
