@@ -37,8 +37,11 @@ LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ", re.M)
 def trained(tmp_path_factory) -> Path:
     """Demo data, the tiny base, veran-tools' adapter and its uninterrupted eval (built once; tests work
     in copies)."""
-    work = make_workdir(tmp_path_factory.mktemp("reliability") / "trained", tiny_config(eval_cfg=EVAL))
+    work = make_workdir(tmp_path_factory.mktemp("reliability") / "trained",
+                        tiny_config(eval_cfg=EVAL, train={"tools_rendered": "compact"}))
     snakemake(work, TUNED, "results/data/test.jsonl")
+    # The eval rule renders the prompts' tools as training did (the rule's params once dropped the setting).
+    assert json.loads((work / TUNED).read_text())["generation"]["tools_rendered"] == "compact"
     return work
 
 

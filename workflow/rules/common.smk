@@ -39,9 +39,11 @@ def specialist_settings(name):
 
 
 def eval_settings(name):
-    """What eval uses of a specialist: editing its training settings must not rerun its base eval."""
+    """What eval uses of a specialist: editing its training settings must not rerun its base eval,
+    except how prompts show the tools, which both evals render as training did."""
     settings = specialist_settings(name)
-    return {key: settings[key] for key in ("name", "system_prompt", "focus_tools")}
+    return {**{key: settings[key] for key in ("name", "system_prompt", "focus_tools")},
+            "train": {"tools_rendered": settings["train"].get("tools_rendered", "all")}}
 
 
 def specialist_resources(name):

@@ -126,6 +126,13 @@ def build_messages(row: dict, system_prompt: str = "", tools_rendered: str = "al
     return messages, tools
 
 
+def prompt_tools_rendered(settings: dict) -> str:
+    """How an inference (eval) prompt shows the row's tools: as training did, except that ``called``
+    would name the answer, so such prompts show ``all``."""
+    rendered = settings.get("train", {}).get("tools_rendered", "all")
+    return "all" if rendered == "called" else rendered
+
+
 def specialist_chat(row: dict, settings: dict) -> tuple[list[dict], list[dict]]:
     """``build_messages`` with a specialist's merged settings (``config.specialist_settings``)."""
     return build_messages(row, settings.get("system_prompt", ""),

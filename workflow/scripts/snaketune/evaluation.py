@@ -16,7 +16,7 @@ import jsonschema
 import yaml
 
 from . import metrics
-from .chat_template import apply_template, attach_template, specialist_chat, specialist_rows, split_prompt, stop_token_ids
+from .chat_template import apply_template, attach_template, prompt_tools_rendered, specialist_chat, specialist_rows, split_prompt, stop_token_ids
 from .errors import SnaketuneError
 from .files import atomic_path, dumps_json, read_jsonl, sha256_file, sha256_tree, write_json, write_jsonl
 from .generation import generate
@@ -40,9 +40,7 @@ def build_prompts(tokenizer, rows, settings) -> list[dict]:
     Every tool of the row is shown, as training showed them (``all`` or ``compact``); ``called`` would
     list only the gold answer's tools and so leak the answer into the prompt: eval shows all instead.
     """
-    rendered = settings.get("train", {}).get("tools_rendered", "all")
-    settings = {**settings, "train": {**settings.get("train", {}),
-                                      "tools_rendered": "all" if rendered == "called" else rendered}}
+    settings = {**settings, "train": {**settings.get("train", {}), "tools_rendered": prompt_tools_rendered(settings)}}
     prompts = []
     for row in rows:
         messages, tools = specialist_chat(row, settings)
@@ -186,7 +184,8 @@ def evaluate(*, base_cfg: dict, test_path, settings: dict, eval_cfg: dict, out_j
         "targets_met": all(t["passed"] for t in scores["targets"].values()) if scores["targets"] else False,
         "generation": {"batch_size": eval_cfg["batch_size"], "max_new_tokens": eval_cfg["max_new_tokens"],
                        "decoding": "greedy", "stop_tokens": tokenizer.convert_ids_to_tokens(stop_token_ids(tokenizer)),
-                       "generated_tokens": n_generated, "system_prompt": settings.get("system_prompt", "")},
+                       "generated_tokens": n_generated, "system_prompt": settings.get("system_prompt", ""),
+                       "tools_rendered": prompt_tools_rendered(settings)},
         "hashes": {"base_model": model_fingerprint(base_cfg),
                    "adapter": ("sha256:" + sha256_tree(adapter_dir)) if adapter_dir is not None else None,
                    "test_file": "sha256:" + sha256_file(test_path)},
