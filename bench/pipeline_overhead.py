@@ -29,29 +29,13 @@ import common  # noqa: E402
 
 sys.path.insert(0, str(common.REPO / "tests"))
 
-from pipeline import make_workdir, planned_jobs, snakemake  # noqa: E402
+from pipeline import make_workdir, planned_jobs, snakemake, tiny_config  # noqa: E402
 
 GOAL_S = 2.0
 EDITED, OTHER = "veran-tools", "mesen-runner"
-CONFIG = {
-    "base_model": {"name_or_path": "results/base/tiny"},
-    "tiny_base": {"architecture": "qwen2", "vocab_size": 512, "hidden_size": 32, "intermediate_size": 64,
-                  "num_layers": 1, "num_heads": 2, "num_kv_heads": 1, "seed": 7},
-    "data": {"demo": {"enabled": True, "rows": 120, "seed": 5}, "sources": [],
-             "split": {"train": 0.8, "val": 0.1, "test": 0.1, "seed": 1}},
-    "defaults": {"lora": {"r": 4, "alpha": 8},
-                 "train": {"max_steps": 4, "batch_size": 2, "grad_accum": 1, "lr": 5.0e-3, "save_steps": 4,
-                           "logging_steps": 1, "max_seq_len": 1024, "tools_rendered": "called"},
-                 "resources": {"gpus": 0, "threads": 1, "mem_mb": 1000}},
-    "specialists": {
-        EDITED: {"system_prompt": "You are Veran. Answer with a tool call.",
-                 "focus_tools": ["yaze_debugger.read_memory", "yaze_debugger.write_memory", "yaze_debugger.assemble"]},
-        OTHER: {"system_prompt": "You drive Mesen2. Answer with a tool call.",
-                "focus_tools": ["mesen2.load_rom", "mesen2.run", "mesen2.screenshot", "mesen2.read_memory"]},
-    },
-    "eval": {"batch_size": 8, "max_new_tokens": 16, "max_examples": 4},
-    "export": {"enabled": True, "quants": ["f16", "q8_0"], "lora_gguf": True, "parity": True, "parity_prompts": 1},
-}
+CONFIG = tiny_config(train={"max_steps": 4, "save_steps": 4}, eval_cfg={"max_new_tokens": 16, "max_examples": 4})
+CONFIG["export"] = {"enabled": True, "quants": ["f16", "q8_0"], "lora_gguf": True, "parity": True, "parity_prompts": 1}
+assert set(CONFIG["specialists"]) == {EDITED, OTHER}
 # Jobs that list every specialist: they rerun when any one changes.
 AGGREGATES = {"eval_summary", "report_tables", "parity_table"}
 FLOOR_SNAKEFILE = 'rule all:\n    output: "done.txt"\n    shell: "touch {output}"\n'

@@ -21,25 +21,11 @@ from snaketune.files import sha256_file, sha256_tree
 from snaketune.provenance import find_seeds, jsonable, lock_file, lock_variant, record_name
 from snaketune.verify import installed_packages, read_lock
 
-from pipeline import REPO, make_workdir, planned_jobs, snakemake
+from pipeline import DEMO_SPECIALISTS, REPO, make_workdir, planned_jobs, snakemake, tiny_config
 
 SPECIALIST = "veran-tools"
-CONFIG = {
-    "base_model": {"name_or_path": "results/base/tiny"},
-    "tiny_base": {"architecture": "qwen2", "vocab_size": 512, "hidden_size": 32, "intermediate_size": 64,
-                  "num_layers": 1, "num_heads": 2, "num_kv_heads": 1, "seed": 7},
-    "data": {"demo": {"enabled": True, "rows": 120, "seed": 5}, "sources": [],
-             "split": {"train": 0.8, "val": 0.1, "test": 0.1, "seed": 1}},
-    "defaults": {"lora": {"r": 4, "alpha": 8},
-                 "train": {"max_steps": 5, "batch_size": 2, "grad_accum": 1, "lr": 5.0e-3, "save_steps": 5,
-                           "logging_steps": 1, "max_seq_len": 1024, "tools_rendered": "called"},
-                 "resources": {"gpus": 0, "threads": 1, "mem_mb": 1000}},
-    "specialists": {SPECIALIST: {"system_prompt": "You are Veran. Answer with a tool call.",
-                                 "focus_tools": ["yaze_debugger.read_memory", "yaze_debugger.write_memory",
-                                                 "yaze_debugger.assemble"]}},
-    "eval": {"batch_size": 8, "max_new_tokens": 32, "max_examples": 8},
-    "export": {"enabled": True, "quants": ["f16", "q8_0"], "lora_gguf": True, "parity": True, "parity_prompts": 2},
-}
+CONFIG = tiny_config({SPECIALIST: DEMO_SPECIALISTS[SPECIALIST]}, export=True)
+CONFIG["export"] = {"enabled": True, "quants": ["f16", "q8_0"], "lora_gguf": True, "parity": True, "parity_prompts": 2}
 # Every rule of the run above writes a record (the audit itself writes none).
 RULES = {"lock", "verify", "demo_dataset", "prepare_data", "tiny_base", "train", "evaluate_base", "evaluate_tuned",
          "eval_summary", "merge", "gguf", "base_gguf", "lora_gguf", "gguf_parity", "modelfile", "report_tables",

@@ -24,11 +24,11 @@ from snaketune.errors import SnaketuneError
 from snaketune.files import read_jsonl, sha256_file, sha256_tree, write_jsonl
 from snaketune.training import DETERMINISTIC_FILES
 
+from pipeline import TINY_BASE_SHAPE
+
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = load_schema(REPO / "config" / "schemas" / "config.schema.yaml")
 
-TINY_SHAPE = {"architecture": "qwen2", "vocab_size": 512, "hidden_size": 32, "intermediate_size": 64,
-              "num_layers": 1, "num_heads": 2, "num_kv_heads": 1, "seed": 7}
 SPECIALISTS = {
     "veran-tools": {"system_prompt": "You are Veran. Answer with a tool call.",
                     "focus_tools": ["yaze_debugger.read_memory", "yaze_debugger.write_memory",
@@ -76,7 +76,7 @@ def tiny(tmp_path_factory):
     write_jsonl(root / "train.jsonl", rows[:72])
     write_jsonl(root / "val.jsonl", rows[72:84])
     write_jsonl(root / "test.jsonl", rows[84:])
-    build_tiny_base(root / "train.jsonl", root / "base", TINY_SHAPE)
+    build_tiny_base(root / "train.jsonl", root / "base", TINY_BASE_SHAPE)
     return root
 
 
@@ -290,7 +290,7 @@ def test_assistant_head_loss_equals_the_full_logits_loss_and_its_gradients(tiny)
 def test_tiny_base_is_deterministic_and_loads(tiny, tmp_path):
     from snaketune.modeling import build_tiny_base, load_base
 
-    build_tiny_base(tiny / "train.jsonl", tmp_path / "again", TINY_SHAPE)
+    build_tiny_base(tiny / "train.jsonl", tmp_path / "again", TINY_BASE_SHAPE)
     assert sha256_tree(tmp_path / "again") == sha256_tree(tiny / "base")
     model, tokenizer = load_base({"name_or_path": str(tiny / "base")})
     assert model.config.model_type == "qwen2" and model.config.hidden_size == 32
@@ -301,7 +301,7 @@ def test_tiny_base_is_deterministic_and_loads(tiny, tmp_path):
     # <tool_call> stays visible in decoded text (the metrics parser looks for it)
     ids = tokenizer.encode("<tool_call>\n{}\n</tool_call><|im_end|>", add_special_tokens=False)
     assert tokenizer.decode(ids, skip_special_tokens=True) == "<tool_call>\n{}\n</tool_call>"
-    llama = build_tiny_base(tiny / "train.jsonl", tmp_path / "llama", {**TINY_SHAPE, "architecture": "llama"})
+    llama = build_tiny_base(tiny / "train.jsonl", tmp_path / "llama", {**TINY_BASE_SHAPE, "architecture": "llama"})
     assert llama is None and json.loads((tmp_path / "llama" / "config.json").read_text())["model_type"] == "llama"
 
 
@@ -397,7 +397,7 @@ def test_qlora_4bit_trains_a_few_steps_where_bitsandbytes_can(tiny, tmp_path):
 def e2e_config(specialists=SPECIALISTS, train=None) -> dict:
     return {
         "base_model": {"name_or_path": "results/base/tiny"},
-        "tiny_base": TINY_SHAPE,
+        "tiny_base": TINY_BASE_SHAPE,
         "data": {"demo": {"enabled": True, "rows": 120, "seed": 5}, "sources": [],
                  "split": {"train": 0.8, "val": 0.1, "test": 0.1, "seed": 1}},
         "defaults": {"lora": FAST_LORA, "train": {**FAST_TRAIN, "max_steps": 40, "save_steps": 4, **(train or {})},
