@@ -184,6 +184,7 @@ def test_specialist_subset_and_rendered_tools():
 
 
 def test_compact_tools_keep_every_tool_and_what_a_call_needs():
+    from snaketune.chat_template import compact_tool
     from snaketune.demo import FAMILIES
 
     row = {"messages": [{"role": "user", "content": "Load roms/a.sfc as PAL."}], "tools": FAMILIES["mesen2"]}
@@ -195,6 +196,9 @@ def test_compact_tools_keep_every_tool_and_what_a_call_needs():
                                    "properties": {"path": {"type": "string"},
                                                   "region": {"type": "string", "enum": ["NTSC", "PAL"]}}}}
     assert FAMILIES["mesen2"][0]["function"]["parameters"]["properties"]["path"]["pattern"]  # the row is untouched
+    odd = {"type": "function", "function": {"name": "f", "parameters": {"properties": {"x": True}}}}
+    assert compact_tool(odd)["function"] == {"name": "f", "parameters": {"type": "object", "properties": {"x": {}},
+                                                                         "required": []}}
     shorter = len(apply_template(None, *build_messages(row, "", "compact")))
     assert shorter < 0.8 * len(apply_template(None, *build_messages(row, "", "all")))
 

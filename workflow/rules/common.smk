@@ -12,6 +12,7 @@ from snaketune.config import (  # noqa: E402
     load_schema,
     specialist_settings as _specialist_settings,
 )
+from snaketune.chat_template import prompt_tools_rendered  # noqa: E402
 
 CONFIG_SCHEMA = str(Path(workflow.basedir) / "config" / "schemas" / "config.schema.yaml")
 # Name the file the user edits in error messages (the last --configfile wins over config/config.yaml).
@@ -43,7 +44,7 @@ def eval_settings(name):
     except how prompts show the tools, which both evals render as training did."""
     settings = specialist_settings(name)
     return {**{key: settings[key] for key in ("name", "system_prompt", "focus_tools")},
-            "train": {"tools_rendered": settings["train"].get("tools_rendered", "all")}}
+            "train": {"tools_rendered": prompt_tools_rendered(settings)}}
 
 
 def specialist_resources(name):

@@ -92,7 +92,8 @@ def compact_tool(tool: dict) -> dict:
         slim["description"] = tool["description"]
     slim["parameters"] = {
         "type": params.get("type", "object"),
-        "properties": {key: {k: v for k, v in (spec or {}).items() if k in COMPACT_PARAMETER_KEYS}
+        "properties": {key: {k: v for k, v in spec.items() if k in COMPACT_PARAMETER_KEYS}
+                       if isinstance(spec, dict) else {}  # a boolean JSON Schema (true: anything) says nothing
                        for key, spec in (params.get("properties") or {}).items()},
         "required": list(params.get("required") or []),
     }

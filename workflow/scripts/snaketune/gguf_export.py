@@ -666,13 +666,11 @@ def write_lora_gguf(adapter_dir, base, out_path, name: str | None = None, revisi
     embed_tokens, lm_head) become exact full-rank pairs of their difference from the base; the base
     GGUF must then hold ``output.weight`` apart (``write_model_gguf(untie=True)``).
     """
+    from .modeling import read_adapter_config
+
     gguf = _gguf()
     adapter_dir = Path(adapter_dir)
-    cfg_path = adapter_dir / "adapter_config.json"
-    if not cfg_path.is_file():
-        raise SnaketuneError(cfg_path, "not found: not a PEFT adapter directory",
-                             fix="point at results/adapters/<specialist> written by the train rule")
-    acfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    cfg_path, acfg = read_adapter_config(adapter_dir)
     if acfg.get("peft_type", "LORA") != "LORA" or acfg.get("use_dora"):
         kind = "DoRA" if acfg.get("use_dora") else acfg.get("peft_type")
         raise SnaketuneError(cfg_path, f"adapter type {kind} has no GGUF LoRA form", field="peft_type",

@@ -66,15 +66,12 @@ def merge_adapter(base, adapter_dir, out_dir, revision=None, threads: int | None
 
     from .chat_template import attach_template, stop_token_ids
     from .gguf_export import local_model_dir
+    from .modeling import read_adapter_config
 
     if threads:
         torch.set_num_threads(int(threads))
     adapter_dir = Path(adapter_dir)
-    cfg_path = adapter_dir / "adapter_config.json"
-    if not cfg_path.is_file():
-        raise SnaketuneError(cfg_path, "not found: not a PEFT adapter directory",
-                             fix="point at results/adapters/<specialist> written by the train rule")
-    acfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    cfg_path, acfg = read_adapter_config(adapter_dir)
     if acfg.get("peft_type", "LORA") != "LORA":
         raise SnaketuneError(cfg_path, f"adapter type {acfg.get('peft_type')!r} cannot be merged here",
                              field="peft_type", fix="train a LoRA adapter")

@@ -196,6 +196,19 @@ def load_base(base_cfg: dict, **kwargs):
     return model, tokenizer
 
 
+def read_adapter_config(adapter_dir) -> tuple[Path, dict]:
+    """(path, contents) of a PEFT adapter directory's adapter_config.json; a clear error when it is missing."""
+    cfg_path = Path(adapter_dir) / "adapter_config.json"
+    if not cfg_path.is_file():
+        raise SnaketuneError(cfg_path, "not found: not a PEFT adapter directory",
+                             fix="point at results/adapters/<specialist> written by the train rule")
+    try:
+        return cfg_path, json.loads(cfg_path.read_text(encoding="utf-8"))
+    except ValueError as err:
+        raise SnaketuneError(cfg_path, f"is not valid JSON ({err})",
+                             fix="retrain the adapter (snakemake --forcerun train)") from err
+
+
 def base_identity(name_or_path, revision=None) -> dict:
     """What names the base: the configured id, the pinned revision, and a content hash for local dirs."""
     name = str(name_or_path)
