@@ -95,6 +95,22 @@ def test_param_changes_name_each_leaf():
                                         "params.new: absent when made, 2 now", "params.old: 1 when made, gone now"]
 
 
+def test_index_drift_from_the_lock_report_becomes_notes_not_drift(tmp_path):
+    from snaketune.audit import index_drift_notes
+
+    report = tmp_path / "lock_report.json"
+    assert index_drift_notes(report) == (None, [])  # no lock run yet: nothing to say
+    drift = {"checked": True, "packages": [{"package": "certifi", "locked": "2026.10.18",
+                                            "resolvable": "2026.10.19.post1"}]}
+    report.write_text(json.dumps({"index_drift": drift}))
+    found, notes = index_drift_notes(report)
+    assert found == drift
+    assert notes == ["the index would move certifi 2026.10.18 -> 2026.10.19.post1 in a fresh resolution (the lock "
+                     "keeps 2026.10.18; `python -m snaketune.envlock write --upgrade-package certifi` moves it)"]
+    report.write_text(json.dumps({"index_drift": {"checked": False, "error": "offline", "packages": []}}))
+    assert index_drift_notes(report)[1] == ["index drift was not checked when the lock was made (offline)"]
+
+
 # ------------------------------------------------------------------ provenance of a real run
 
 
@@ -139,6 +155,8 @@ def test_audit_passes_on_a_fresh_run_and_is_not_part_of_all(run):
     assert "no drift" in output_text(proc)
     report = audit_report(run)
     assert report["status"] == "pass" and report["drifts"] == []
+    lock_report = json.loads((run / "results/env/lock_report.json").read_text())
+    assert report["lock"]["index_drift"] == lock_report["index_drift"]  # reported there, never a drift
     assert report["records"] == len(list((run / "results/provenance").glob("*/*.json"))) == len(RULES) + 1  # 2 gguf
     everything = planned_jobs(run, "--forceall")
     assert "all" in everything and "report_tables" in everything and "audit" not in everything

@@ -269,14 +269,97 @@ def test_committed_locks_differ_only_in_the_torch_build():
     assert all(cpu["pins"][n] == cuda["pins"][n] for n in shared - {"torch"})
 
 
-@pytest.mark.parametrize("variant", envlock.VARIANTS)
-def test_committed_lock_is_what_the_lock_rule_resolves_now(variant):
+def _needs_find_links(variant):
     if variant == "cpu" and not envlock.pip_find_links():
         pytest.skip("pip has no find-links with the torch +cpu wheel on this machine")
-    result = lock_environments(ENVS, SETTINGS, variant)
-    assert result.text == COMMITTED[variant].read_text(), \
+
+
+@pytest.mark.parametrize("variant", envlock.VARIANTS)
+def test_relocking_unchanged_env_files_keeps_the_committed_lock_byte_for_byte(variant):
+    # The committed pins are uv's preferences, so what the index lists today cannot move them.
+    _needs_find_links(variant)
+    committed = COMMITTED[variant].read_text()
+    result = lock_environments(ENVS, SETTINGS, variant, preferences=committed)
+    assert result.text == committed, \
         f"envs/lock/requirements.{variant}.txt is stale: run `python -m snaketune.envlock write`"
     assert result.report["package_count"] == len(read_lock(COMMITTED[variant])["pins"])
+
+
+def test_a_changed_env_file_changes_only_what_it_must(tmp_path):
+    # psutil is asked by two env files and nothing depends on it: lowering its pin there must move that
+    # one line of the lock and leave every other pin (and the header) as committed.
+    envs = tmp_path / "envs"
+    envs.mkdir()
+    for path in ENVS:
+        (envs / path.name).write_text(path.read_text().replace("psutil==7.2.2", "psutil==7.2.1"))
+    committed = COMMITTED["cuda"].read_text()
+    result = lock_environments(sorted(envs.glob("*.yaml")), SETTINGS, "cuda", preferences=committed)
+    before, after = committed.splitlines(), result.text.splitlines()
+    assert len(before) == len(after)
+    changed = [(a, b) for a, b in zip(before, after) if a != b]
+    assert changed == [("psutil==7.2.2  # via envs/tooling.yaml, envs/verify.yaml",
+                        "psutil==7.2.1  # via envs/tooling.yaml, envs/verify.yaml")]
+    assert envlock.pin_changes(committed, result.text) == [
+        {"package": "psutil", "locked": "7.2.2", "resolvable": "7.2.1"}]
+
+
+def test_an_older_pin_is_kept_and_reported_as_drift():
+    # A lock holding an older certifi than the index offers: re-locking keeps it (no failure), and the
+    # drift check names the package, the pin kept and what a fresh resolution would pick instead.
+    committed = COMMITTED["cuda"].read_text()
+    locked = read_lock(COMMITTED["cuda"])["pins"]["certifi"]
+    older = committed.replace(f"certifi=={locked}", "certifi==2025.8.3")
+    assert older != committed
+    kept = lock_environments(ENVS, SETTINGS, "cuda", preferences=older)
+    assert kept.text == older
+    drift = envlock.index_drift(ENVS, SETTINGS, "cuda", kept.text)
+    assert drift["checked"] is True
+    certifi = [d for d in drift["packages"] if d["package"] == "certifi"]
+    assert len(certifi) == 1 and certifi[0]["locked"] == "2025.8.3"
+    assert Version(certifi[0]["resolvable"]) > Version("2025.8.3")
+    assert any("certifi: 2025.8.3 -> " in line for line in envlock.drift_lines(drift, "cuda"))
+
+
+def test_upgrade_package_moves_only_that_pin():
+    committed = COMMITTED["cuda"].read_text()
+    older = committed.replace(f"certifi=={read_lock(COMMITTED['cuda'])['pins']['certifi']}", "certifi==2025.8.3")
+    moved = lock_environments(ENVS, SETTINGS, "cuda", preferences=older, upgrade_packages=["certifi"])
+    changes = envlock.pin_changes(older, moved.text)
+    assert [d["package"] for d in changes] == ["certifi"]
+    assert Version(changes[0]["resolvable"]) > Version("2025.8.3")
+
+
+def test_drift_when_the_index_cannot_be_asked_is_a_note_not_an_error(tmp_path):
+    files = [env_file(tmp_path, "train", "torch==2.13.0")]
+    failing_uv = [sys.executable, "-c", "import sys; sys.stderr.write('network unreachable'); sys.exit(2)"]
+    drift = envlock.index_drift(files, SETTINGS, "cuda", "torch==2.13.0\n", uv=failing_uv)
+    assert drift["checked"] is False and "network unreachable" in drift["error"]
+    assert envlock.drift_lines(drift, "cuda")[0].startswith("drift: not checked")
+
+
+def test_pin_changes_lists_moved_added_and_dropped_packages():
+    old = "a==1.0  # via x\nb==2.0\nc==3.0\n"
+    new = "a==1.1  # via x\nb==2.0\nd==4.0\n"
+    assert envlock.pin_changes(old, new) == [
+        {"package": "a", "locked": "1.0", "resolvable": "1.1"},
+        {"package": "c", "locked": "3.0", "resolvable": None},
+        {"package": "d", "locked": None, "resolvable": "4.0"},
+    ]
+
+
+def test_the_uv_call_keeps_the_given_pins_as_its_output_file(tmp_path):
+    # uv prefers the pins of its --output-file; the call must hand it the preferences there.
+    files = [env_file(tmp_path, "train", "torch==2.13.0")]
+    script = tmp_path / "uv_args.py"
+    script.write_text("import sys, pathlib\n"
+                      "args = sys.argv[1:]\n"
+                      "out = args[args.index('--output-file') + 1]\n"
+                      "assert pathlib.Path(out).read_text() == 'torch==2.13.0  # kept\\n'\n"
+                      "assert args.count('--upgrade-package') == 1 and 'sympy' in args\n"
+                      "print('torch==2.13.0  # via -r requirements.in')\n")
+    result = lock_environments(files, SETTINGS, "cuda", uv=[sys.executable, str(script)],
+                               preferences="torch==2.13.0  # kept\n", upgrade_packages=["sympy"])
+    assert "torch==2.13.0  # via envs/train.yaml" in result.text
 
 
 # ---------------------------------------------------------------- verify
@@ -432,6 +515,11 @@ def test_lock_and_verify_rules_reproduce_the_committed_lock(tmp_path):
     variant = report["variant"]
     assert (work / "results/env/requirements.lock.txt").read_text() == COMMITTED[variant].read_text()
     assert report["committed_lock"] == {"path": f"envs/lock/requirements.{variant}.txt", "matches": True}
+    # what the index would move is reported beside the lock, never a failure
+    assert set(report["index_drift"]) == {"checked", "packages"} or report["index_drift"]["checked"] is False
+    assert all(set(d) == {"package", "locked", "resolvable"} for d in report["index_drift"]["packages"])
+    log = (work / "logs/env/lock.log").read_text()
+    assert "keeping the pins of" in log and "drift: " in log
     assert report["packages"]["torch"]["category"] == "training"
     assert set(report["categories"]) == set(envlock.CATEGORIES)
     checks = json.loads((work / "results/env/verify.json").read_text())

@@ -19,6 +19,7 @@ rule audit:
         targets=ALL_TARGETS,
         strict=config["audit_strict"] in (True, "true"),
         report="results/audit.json",
+        lock_report="results/env/lock_report.json",  # its index drift becomes notes
     log:
         "logs/audit.log",
     conda:

@@ -10,5 +10,6 @@ with to_log_file(snakemake.log[0]):
         expected=snakemake.params.expected,
         targets=snakemake.params.targets,
         strict=snakemake.params.strict,
+        lock_report=snakemake.params.lock_report,
         echo=sys.__stdout__,  # the table reaches the terminal as well as the log
     )

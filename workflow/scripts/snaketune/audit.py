@@ -11,6 +11,7 @@ fails with one line per kind of drift.
 from __future__ import annotations
 
 import datetime
+import json
 import textwrap
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -187,8 +188,29 @@ def stale_notes(records, expected: dict, targets) -> list[str]:
     return notes
 
 
+def index_drift_notes(lock_report) -> tuple[dict | None, list[str]]:
+    """What the lock rule found a fresh resolution would move (its report's ``index_drift``), as notes:
+    the lock keeps its pins, so this is news for whoever maintains the locks, not drift of any result."""
+    path = Path(lock_report) if lock_report else None
+    if path is None or not path.is_file():
+        return None, []
+    try:
+        drift = json.loads(path.read_text(encoding="utf-8")).get("index_drift")
+    except ValueError:
+        return None, [f"{path} is not readable JSON; index drift not reported"]
+    if not drift:
+        return None, []
+    if not drift.get("checked"):
+        return drift, [f"index drift was not checked when the lock was made ({drift.get('error')})"]
+    notes = [f"the index would move {d['package']} {d['locked'] or '(not locked)'} -> "
+             f"{d['resolvable'] or '(dropped)'} in a fresh resolution (the lock keeps {d['locked']}; "
+             f"`python -m snaketune.envlock write --upgrade-package {d['package']}` moves it)"
+             for d in drift.get("packages", [])]
+    return drift, notes
+
+
 def audit(records, expected: dict, targets=(), *, installed=None, root=None, package_now=None,
-          lock_dir="envs/lock") -> dict:
+          lock_dir="envs/lock", lock_report=None) -> dict:
     """Every drift of the results described by ``records`` ([(path, record)]); a JSON-able report."""
     installed = installed_packages() if installed is None else installed
     variant = lock_variant(installed)
@@ -213,14 +235,16 @@ def audit(records, expected: dict, targets=(), *, installed=None, root=None, pac
     drifts += check_environment(records, installed, lock, lock_path.as_posix())
     drifts += unrecorded(records, targets)
     affected = sorted({o for d in drifts for o in d.outputs})
+    index_drift, drift_notes = index_drift_notes(lock_report)
     return {
         "status": "drift" if drifts else "pass",
         "drifts": [asdict(d) for d in drifts],
         "affected_outputs": affected,
         "records": len(records),
         "outputs_checked": sum(len(_outputs(r)) for _, r in records),
-        "notes": stale_notes(records, expected, targets),
-        "lock": {"path": lock_path.as_posix(), "variant": variant, "sha256": sha256_file(lock_path)},
+        "notes": stale_notes(records, expected, targets) + drift_notes,
+        "lock": {"path": lock_path.as_posix(), "variant": variant, "sha256": sha256_file(lock_path),
+                 "index_drift": index_drift},
         "git": git_record(root),
         "audited_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
@@ -277,11 +301,12 @@ def drift_error(report: dict, out_json) -> SnaketuneError:
 
 
 def run_audit(out_json, expected: dict, targets=(), *, strict: bool = True, records_root=PROVENANCE_DIR,
-              echo=None) -> dict:
+              lock_report=None, echo=None) -> dict:
     """The `audit` rule: audit, print the table (to the log and ``echo``), write ``out_json``; raise on drift."""
     records = read_records(records_root)
     script = script_path()  # entry scripts are looked up beside the audit's own (this checkout's)
-    report = audit(records, expected, targets, root=checkout_root(script) if script else None)
+    report = audit(records, expected, targets, root=checkout_root(script) if script else None,
+                   lock_report=lock_report)
     report["strict"] = bool(strict)
     table = format_table(report)
     print(table)

@@ -5,7 +5,13 @@ merges those requests per package, explains every disagreement between env files
 that no version can satisfy), and has ``uv pip compile`` resolve the merged set into a lockfile in two
 variants from the same env files: ``cpu`` (torch's ``+cpu`` build from pip's find-links, no CUDA
 packages) and ``cuda`` (plain PyPI torch with its nvidia-* wheels). The lock text is deterministic:
-fixed header, no timestamps, no absolute paths, PyPI frozen at ``exclude_newer`` (envs/lock/resolve.yaml).
+fixed header, no timestamps, no absolute paths.
+
+Re-locking keeps the committed pins: uv is given the committed lock as its output file, whose pins it
+prefers, so the same env files give the same lock whatever the index lists today (an index can gain
+files dated before ``exclude_newer``, which alone does not freeze a resolution). Only a changed env file,
+``--upgrade`` or ``--upgrade-package NAME`` moves a pin. What a fresh resolution would pick instead is
+reported as drift (``index_drift``), never a failure.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from packaging.version import InvalidVersion, Version
 
 from .errors import SnaketuneError
 from .files import atomic_path, dumps_json
+from .verify import parse_lock
 
 VARIANTS = ("cpu", "cuda")
 CATEGORIES = ("training", "data", "export", "tooling", "test")
@@ -56,6 +63,7 @@ SETTINGS_DEFAULTS = {
 }
 UV_ENV_KEEP = {"UV_CACHE_DIR", "UV_NATIVE_TLS", "UV_HTTP_TIMEOUT", "UV_CONCURRENT_DOWNLOADS"}
 _INPUT_NAME = "requirements.in"
+_PREFERENCES_NAME = "requirements.lock.txt"  # uv's -o file: its pins are kept unless asked to upgrade
 
 
 @dataclass(frozen=True)
@@ -430,8 +438,13 @@ def compile_inputs(merged: dict, variant: str, settings: dict) -> list:
     return sorted(lines)
 
 
-def run_uv_compile(lines, *, python: str, settings: dict, find_links=(), uv=None) -> str:
-    """``uv pip compile`` of the lines; returns its output (one ``pin  # via ...`` per line)."""
+def run_uv_compile(lines, *, python: str, settings: dict, find_links=(), uv=None, preferences: str | None = None,
+                   upgrade: bool = False, upgrade_packages=()) -> str:
+    """``uv pip compile`` of the lines; returns its output (one ``pin  # via ...`` per line).
+
+    ``preferences`` (the text of an existing lock) is handed to uv as its output file, so uv keeps those
+    pins wherever they still satisfy the requirements; ``upgrade`` / ``upgrade_packages`` let it move them.
+    """
     uv = uv or uv_command()
     with tempfile.TemporaryDirectory(prefix="snaketune-lock-") as tmp:
         Path(tmp, _INPUT_NAME).write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -442,9 +455,18 @@ def run_uv_compile(lines, *, python: str, settings: dict, find_links=(), uv=None
             args += ["--exclude-newer", settings["exclude_newer"]]
         for link in find_links:
             args += ["--find-links", link]
+        if preferences is not None:
+            Path(tmp, _PREFERENCES_NAME).write_text(preferences, encoding="utf-8")
+            args += ["--output-file", _PREFERENCES_NAME]
+        if upgrade:
+            args.append("--upgrade")
+        for name in upgrade_packages:
+            args += ["--upgrade-package", name]
         proc = subprocess.run(args, cwd=tmp, capture_output=True, text=True, env=_uv_env())
         if proc.returncode != 0 and "No solution found" not in proc.stderr:
             # PyPI unreachable? uv's cache may hold everything this resolution needs.
+            if preferences is not None:
+                Path(tmp, _PREFERENCES_NAME).write_text(preferences, encoding="utf-8")
             offline = subprocess.run([*args, "--offline"], cwd=tmp, capture_output=True, text=True, env=_uv_env())
             if offline.returncode == 0:
                 print("warning: PyPI unreachable; resolved from uv's cache (--offline)", file=sys.stderr)
@@ -489,8 +511,12 @@ def _header(variant: str, python: str, settings: dict) -> list:
     ]
 
 
-def lock_environments(env_files, settings=None, variant: str = "cpu", *, find_links=None, uv=None) -> LockResult:
-    """Merge the env files and resolve one lock variant; returns its text and report (nothing written)."""
+def lock_environments(env_files, settings=None, variant: str = "cpu", *, find_links=None, uv=None,
+                      preferences: str | None = None, upgrade: bool = False, upgrade_packages=()) -> LockResult:
+    """Merge the env files and resolve one lock variant; returns its text and report (nothing written).
+
+    ``preferences``: an existing lock's text whose pins are kept (see ``run_uv_compile``).
+    """
     settings = settings if isinstance(settings, dict) else load_settings(settings)
     merged = read_env_files(env_files)
     python = python_version(merged)
@@ -504,7 +530,9 @@ def lock_environments(env_files, settings=None, variant: str = "cpu", *, find_li
     else:
         find_links = []
     lines = compile_inputs(merged, variant, settings)
-    pins = parse_uv_output(run_uv_compile(lines, python=python, settings=settings, find_links=find_links, uv=uv))
+    pins = parse_uv_output(run_uv_compile(lines, python=python, settings=settings, find_links=find_links, uv=uv,
+                                          preferences=preferences, upgrade=upgrade,
+                                          upgrade_packages=upgrade_packages))
     cuda = cuda_packages(pins)
     if variant == "cpu" and cuda:
         raise SnaketuneError("envs/", f"the CPU lock pulls CUDA packages ({', '.join(cuda[:3])}, ...)",
@@ -586,22 +614,70 @@ def committed_lock_path(committed_dir, variant: str) -> Path:
     return Path(committed_dir) / f"requirements.{variant}.txt"
 
 
-def write_lock(env_files, settings_path, lock_out, report_out, *, variant=None, committed=()) -> LockResult:
-    """The `lock` rule: resolve the variant for this machine, compare with the committed lock, write both files.
+def pin_changes(old_text: str, new_text: str) -> list[dict]:
+    """``[{"package", "locked", "resolvable"}]`` for every pin that differs between two lock texts
+    (``None`` where a lock has no such package)."""
+    old, new = parse_lock(old_text)["pins"], parse_lock(new_text)["pins"]
+    return [{"package": name, "locked": old.get(name), "resolvable": new.get(name)}
+            for name in sorted(set(old) | set(new)) if old.get(name) != new.get(name)]
 
-    ``committed`` lists the committed lock files (requirements.<variant>.txt); the one of this variant is compared.
+
+def index_drift(env_files, settings, variant: str, locked_text: str, **kwargs) -> dict:
+    """What a fresh resolution (no pins kept) would pick today that the lock does not: reported, never fatal.
+
+    ``{"checked": true, "packages": [...pin_changes...]}``, or ``{"checked": false, "error": ...}`` when the
+    index cannot be asked (the lock itself was still made from the committed pins).
+    """
+    try:
+        fresh = lock_environments(env_files, settings, variant, **kwargs)
+    except SnaketuneError as err:
+        return {"checked": False, "error": str(err), "packages": []}
+    return {"checked": True, "packages": pin_changes(locked_text, fresh.text)}
+
+
+def drift_lines(drift: dict, variant: str) -> list[str]:
+    """Human lines for ``index_drift``'s result (lock rule log, envlock check)."""
+    if not drift["checked"]:
+        return [f"drift: not checked ({drift['error']})"]
+    if not drift["packages"]:
+        return [f"drift: none; a fresh resolution of the {variant} variant picks every pin the lock holds"]
+    lines = [f"drift: {len(drift['packages'])} package(s) could move in a fresh resolution of the {variant} "
+             "variant (the lock keeps its pins; move one with `python -m snaketune.envlock write "
+             "--upgrade-package NAME`):"]
+    lines += [f"  {d['package']}: {d['locked'] or '(not locked)'} -> {d['resolvable'] or '(dropped)'}"
+              for d in drift["packages"]]
+    return lines
+
+
+def write_lock(env_files, settings_path, lock_out, report_out, *, variant=None, committed=(),
+               check_drift: bool = True) -> LockResult:
+    """The `lock` rule: resolve the variant for this machine keeping the committed pins, compare with the
+    committed lock, report what a fresh resolution would move (drift), write the lock and its report.
+
+    ``committed`` lists the committed lock files (requirements.<variant>.txt); the one of this variant
+    gives the pins to keep and is compared.
     """
     variant = variant or machine_variant()
-    print(f"lock: resolving the {variant} variant of {len(list(env_files))} env files with uv")
-    result = lock_environments(env_files, settings_path, variant)
-    report = dict(result.report)
+    env_files = list(env_files)
+    settings = load_settings(settings_path)
     mine = [Path(p) for p in committed if Path(p).name == f"requirements.{variant}.txt"]
+    preferences = mine[0].read_text(encoding="utf-8") if mine and mine[0].is_file() else None
+    print(f"lock: resolving the {variant} variant of {len(env_files)} env files with uv"
+          + (f", keeping the pins of {mine[0]}" if preferences else ""))
+    result = lock_environments(env_files, settings, variant, preferences=preferences)
+    report = dict(result.report)
     if mine:
-        same = mine[0].is_file() and mine[0].read_text(encoding="utf-8") == result.text
+        same = preferences == result.text
         report["committed_lock"] = {"path": f"envs/lock/{mine[0].name}", "matches": same}
         if not same:
-            print(f"warning: {mine[0]} differs from the lock resolved now; run "
+            changed = ", ".join(f"{d['package']} {d['locked']} -> {d['resolvable']}"
+                                for d in pin_changes(preferences or "", result.text)) or "header"
+            print(f"warning: {mine[0]} differs from the lock the env files give now ({changed}); run "
                   "`python -m snaketune.envlock write` and commit it")
+    if check_drift:
+        report["index_drift"] = index_drift(env_files, settings, variant, result.text)
+        for line in drift_lines(report["index_drift"], variant):
+            print(line)
     for conflict in report["conflicts"]:
         print(f"conflict {conflict['package']}: {conflict['resolution']} -> {conflict['resolved_to']}: {conflict['why']}")
     print(f"lock: {report['package_count']} packages, {len(report['conflicts'])} conflicts resolved, "
@@ -613,29 +689,44 @@ def write_lock(env_files, settings_path, lock_out, report_out, *, variant=None, 
 
 
 def main(argv=None) -> int:
-    """``python -m snaketune.envlock write|check``: regenerate or check the committed locks in envs/lock/."""
+    """``python -m snaketune.envlock write|check|drift``: regenerate, check or compare with the index the
+    committed locks in envs/lock/. Committed pins are kept unless ``--upgrade`` / ``--upgrade-package``."""
     parser = argparse.ArgumentParser(prog="python -m snaketune.envlock", description=main.__doc__)
-    parser.add_argument("action", choices=["write", "check"])
+    parser.add_argument("action", choices=["write", "check", "drift"],
+                        help="write: re-lock (keeping pins) and write; check: fail if re-locking would change "
+                             "the committed lock; drift: list what a fresh resolution would move")
     parser.add_argument("--envs", default="envs", help="folder of the env files (default: envs)")
     parser.add_argument("--variant", choices=VARIANTS, action="append", help="default: both")
+    parser.add_argument("--upgrade", action="store_true", help="write: let every pin move to the newest allowed")
+    parser.add_argument("--upgrade-package", action="append", default=[], metavar="NAME",
+                        help="write: let this package's pin move (repeatable)")
     args = parser.parse_args(argv)
     envs = Path(args.envs)
     env_files = sorted(envs.glob("*.yaml"))
     settings = load_settings(envs / "lock" / "resolve.yaml")
     status = 0
     for variant in args.variant or VARIANTS:
+        target = committed_lock_path(envs / "lock", variant)
+        current = target.read_text(encoding="utf-8") if target.is_file() else None
         try:
-            result = lock_environments(env_files, settings, variant)
+            if args.action == "drift":
+                for line in drift_lines(index_drift(env_files, settings, variant, current or ""), variant):
+                    print(line)
+                continue
+            result = lock_environments(env_files, settings, variant, preferences=current, upgrade=args.upgrade,
+                                       upgrade_packages=args.upgrade_package)
         except SnaketuneError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
-        target = committed_lock_path(envs / "lock", variant)
+        changes = pin_changes(current or "", result.text)
         if args.action == "write":
             with atomic_path(target) as tmp:
                 tmp.write_text(result.text, encoding="utf-8")
-            print(f"wrote {target} ({result.report['package_count']} packages)")
-        elif not target.is_file() or target.read_text(encoding="utf-8") != result.text:
-            print(f"{target} is out of date: run `python -m snaketune.envlock write`", file=sys.stderr)
+            moved = "; ".join(f"{d['package']} {d['locked']} -> {d['resolvable']}" for d in changes) or "no pin moved"
+            print(f"wrote {target} ({result.report['package_count']} packages; {moved})")
+        elif current != result.text:
+            print(f"{target} is out of date: run `python -m snaketune.envlock write`"
+                  + (f" ({', '.join(d['package'] for d in changes)})" if changes else ""), file=sys.stderr)
             status = 1
         else:
             print(f"{target} is up to date")

@@ -45,8 +45,13 @@ class Check:
 
 def read_lock(path) -> dict:
     """``{"pins": {name: version}, "python": "3.11.7" | None, "variant": "cpu" | ...}`` of a lock file."""
+    return parse_lock(Path(path).read_text(encoding="utf-8"))
+
+
+def parse_lock(text: str) -> dict:
+    """``read_lock`` of a lock's text."""
     pins, meta = {}, {}
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
+    for line in text.splitlines():
         line = line.strip()
         if line.startswith("# snaketune-lock:"):
             meta = dict(part.split("=", 1) for part in line.split(":", 1)[1].split() if "=" in part)
