@@ -501,7 +501,7 @@ def test_default_config_specialists_call_the_right_tool(tmp_path):
 # ------------------------------------------------------------------ multi-process training (issue 6 item 4)
 
 def test_process_count_is_one_per_gpu_held_or_train_processes():
-    from snaketune.distributed import needs_launcher, process_count
+    from snaketune.launch import needs_launcher, process_count
 
     auto = settings_for()
     assert "processes" not in auto["train"]  # absent = auto: single-process settings (and bytes) as before
@@ -531,11 +531,11 @@ def test_processes_key_is_checked_against_the_schema():
 
 
 def test_torchrun_command_and_child_environment():
-    from snaketune.distributed import PACKAGE_PARENT, child_env, per_process_threads, torchrun_command
+    from snaketune.launch import PACKAGE_PARENT, child_env, per_process_threads, torchrun_command
 
     command = torchrun_command(2, "/tmp/args.json", python="/venv/bin/python")
     assert command == ["/venv/bin/python", "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                       "--max-restarts", "0", "-m", "snaketune.distributed", "/tmp/args.json"]
+                       "--max-restarts", "0", "-m", "snaketune.launch", "/tmp/args.json"]
     env = child_env(2, 8, {"PYTHONPATH": "/elsewhere", "CUDA_VISIBLE_DEVICES": "2,3"})
     assert env["PYTHONPATH"].split(os.pathsep) == [str(PACKAGE_PARENT), "/elsewhere"]
     assert env["OMP_NUM_THREADS"] == "4" and env["CUDA_VISIBLE_DEVICES"] == "2,3"  # the job's slot, passed on
@@ -556,7 +556,7 @@ def test_deepspeed_configs_parse_with_their_zero_stage(stage):
 
 
 def test_a_user_error_in_a_torchrun_child_ends_the_step_with_its_message(tiny, tmp_path, capsys):
-    from snaketune.distributed import launch_training
+    from snaketune.launch import launch_training
 
     settings = settings_for(train={"processes": 2})
     settings["focus_tools"] = ["no_such.tool"]
@@ -587,7 +587,7 @@ def test_pipeline_trains_a_specialist_with_two_gloo_processes(tmp_path):
     log = (work / "logs/train/veran-tools.log").read_text()
     assert "training with 2 processes" in log and "torch.distributed.run --standalone --nproc-per-node 2" in log
     for rank in (0, 1):
-        assert f"[rank {rank}] snaketune.distributed: distributed: world size 2, rank {rank}, backend gloo" in log
+        assert f"[rank {rank}] snaketune.launch: distributed: world size 2, rank {rank}, backend gloo" in log
     assert "Traceback" not in log
     out = work / ADAPTERS[1]
     for name in DETERMINISTIC_FILES + ("train_metrics.json",):

@@ -20,6 +20,7 @@ from pathlib import Path
 from .chat_template import encode_chat, gold_tool_names, specialist_chat, specialist_rows
 from .errors import SnaketuneError
 from .files import atomic_path, dumps_json, read_jsonl, sha256_file, write_json
+from .ranks import backend, barrier, gathered_state_dict, rank_and_world
 
 log = logging.getLogger("snaketune.training")
 
@@ -425,13 +426,9 @@ def train_adapter(base_dir, train_path, val_path, out_dir, settings: dict, check
     train_cfg = settings["train"]
     gpus = settings.get("resources", {}).get("gpus", 0) if gpus is None else gpus
     options = resolve_options(train_cfg, resolve_device(gpus))
-    # --- distributed (torchrun children, snaketune.distributed): rank 0 alone writes
-    from .distributed import backend, barrier, gathered_state_dict, rank_and_world
-
-    rank, world_size = rank_and_world()
+    rank, world_size = rank_and_world()  # torchrun children (snaketune.launch): rank 0 alone writes
     if world_size > 1:
         options["world_size"] = world_size  # in the fingerprint: n processes train differently from one
-    # --- end distributed
     checkpoint_dir = Path(checkpoint_dir or f"results/checkpoints/{name}")
     quantization_config(options["quantization"])  # refused here, before the checkpoint directory is touched
 
