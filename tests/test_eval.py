@@ -125,7 +125,7 @@ def spied_generate(monkeypatch):
     from snaketune import generation
 
     seen = {"decoders": [], "fallback_batches": 0}
-    for_model, generate_hf = generation._SharedPrefixDecoder.for_model, generation._generate_hf
+    for_model, generate_hf = generation.SharedPrefixDecoder.for_model, generation.generate_left_padded
 
     def record(*args, **kwargs):
         decoder = for_model(*args, **kwargs)
@@ -136,8 +136,8 @@ def spied_generate(monkeypatch):
         seen["fallback_batches"] += 1
         return generate_hf(*args, **kwargs)
 
-    monkeypatch.setattr(generation._SharedPrefixDecoder, "for_model", record)
-    monkeypatch.setattr(generation, "_generate_hf", count)
+    monkeypatch.setattr(generation.SharedPrefixDecoder, "for_model", record)
+    monkeypatch.setattr(generation, "generate_left_padded", count)
     return seen
 
 
