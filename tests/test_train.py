@@ -234,10 +234,10 @@ def test_config_maps_to_cpu_training_arguments(tmp_path):
 
 
 def test_length_grouped_batches_are_reshuffled_every_epoch_and_reproducible():
-    from snaketune.training import _length_grouped_sampler
+    from snaketune.training import length_grouped_sampler
 
     lengths = [(i * 37) % 101 + 10 for i in range(90)]
-    sampler = _length_grouped_sampler(lengths, batch_size=8, seed=3)
+    sampler = length_grouped_sampler(lengths, batch_size=8, seed=3)
     epochs = []
     for epoch in (0, 1, 0):
         sampler.set_epoch(epoch)

@@ -15,7 +15,9 @@ import logging
 import os
 import shutil
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .chat_template import encode_chat, gold_tool_names, specialist_chat, specialist_rows
 from .errors import SnaketuneError
@@ -280,7 +282,7 @@ def _peak_memory_mb(device: str) -> float:
 
 # --- the trainer ----------------------------------------------------------------------------------
 
-def _length_grouped_sampler(lengths, batch_size: int, seed: int, chunk_batches: int = 4):
+def length_grouped_sampler(lengths, batch_size: int, seed: int, chunk_batches: int = 4):
     """Length-grouped batches that are still reshuffled every epoch.
 
     Each epoch (seeded by ``seed + epoch``) permutes the examples, cuts the permutation into chunks of
@@ -354,7 +356,7 @@ def assistant_head_loss(trainer, model, inputs, num_items_in_batch=None):
     return loss
 
 
-def _trainer_class():
+def trainer_class():
     from trl import SFTTrainer
 
     class CheckedSFTTrainer(SFTTrainer):
@@ -385,7 +387,7 @@ def _trainer_class():
             if self.args.train_sampling_strategy != "group_by_length" or "input_ids" not in dataset.column_names:
                 return super()._get_train_sampler(train_dataset)
             lengths = [len(ids) for ids in dataset["input_ids"]]
-            return _length_grouped_sampler(lengths, self.args.per_device_train_batch_size, self.args.seed)
+            return length_grouped_sampler(lengths, self.args.per_device_train_batch_size, self.args.seed)
 
     return CheckedSFTTrainer
 
@@ -400,6 +402,42 @@ def set_threads(threads: int) -> None:
         pass
 
 
+@dataclass
+class TrainingRun:
+    """What a train step settles before it trains: the base, the device, the examples, the checkpoint."""
+
+    settings: dict
+    base_cfg: dict
+    base_name: str
+    options: dict
+    threads: int
+    checkpoint_dir: Path
+    rank: int = 0
+    world_size: int = 1
+    tokenizer: Any = None
+    train_rows: list = field(default_factory=list)
+    train_examples: list = field(default_factory=list)
+    val_examples: list = field(default_factory=list)
+    skipped: list = field(default_factory=list)
+    n_tokens: int = 0
+    identity: dict = field(default_factory=dict)
+    data_hashes: dict = field(default_factory=dict)
+    fingerprint: str = ""
+    resume: Path | None = None
+
+    @property
+    def name(self) -> str:
+        return self.settings["name"]
+
+    @property
+    def revision(self):
+        return self.base_cfg.get("revision")
+
+    @property
+    def trust_remote_code(self) -> bool:
+        return bool(self.base_cfg.get("trust_remote_code", False))
+
+
 def train_adapter(base_dir, train_path, val_path, out_dir, settings: dict, checkpoint_dir=None, *,
                   base_cfg: dict | None = None, threads: int = 1, gpus: int | None = None,
                   timing_path=None) -> dict:
@@ -412,63 +450,101 @@ def train_adapter(base_dir, train_path, val_path, out_dir, settings: dict, check
     set_threads(threads)
     import datasets
     import torch
-    from datasets import Dataset
-    from trl import SFTConfig
-
-    from .modeling import base_identity, load_base_model, load_tokenizer, quantization_config, readable_tree
 
     datasets.disable_caching()
     datasets.disable_progress_bars()
+    run = start_run(base_dir, settings, base_cfg, threads, gpus, checkpoint_dir)
+    load_examples(run, train_path, val_path)
+    find_checkpoint(run, train_path, val_path)
+    trainer, args = build_trainer(run)
+    wall, cpu, eval_loss = fit(trainer, run)
+    metrics = train_metrics(run, trainer, args, wall, cpu, eval_loss)
+    spec_config = specialist_config(run, args, train_path, val_path)
+    save_adapter(run, trainer, metrics, spec_config, out_dir, timing_path)
+    del trainer
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return metrics
+
+
+def start_run(base_dir, settings: dict, base_cfg: dict | None, threads: int, gpus: int | None,
+              checkpoint_dir) -> TrainingRun:
+    """The device options, this process's rank, and the checkpoint directory of a train step."""
+    from .modeling import quantization_config
+
     base_cfg = dict(base_cfg or {})
-    base_name = str(base_dir) if base_dir else base_cfg["name_or_path"]
-    revision, trust = base_cfg.get("revision"), bool(base_cfg.get("trust_remote_code", False))
-    name = settings["name"]
-    train_cfg = settings["train"]
     gpus = settings.get("resources", {}).get("gpus", 0) if gpus is None else gpus
-    options = resolve_options(train_cfg, resolve_device(gpus))
+    options = resolve_options(settings["train"], resolve_device(gpus))
     rank, world_size = rank_and_world()  # torchrun children (snaketune.launch): rank 0 alone writes
     if world_size > 1:
         options["world_size"] = world_size  # in the fingerprint: n processes train differently from one
-    checkpoint_dir = Path(checkpoint_dir or f"results/checkpoints/{name}")
+    run = TrainingRun(settings=settings, base_cfg=base_cfg,
+                      base_name=str(base_dir) if base_dir else base_cfg["name_or_path"], options=options,
+                      threads=threads, checkpoint_dir=Path(checkpoint_dir or f"results/checkpoints/{settings['name']}"),
+                      rank=rank, world_size=world_size)
     quantization_config(options["quantization"])  # refused here, before the checkpoint directory is touched
+    return run
 
-    tokenizer = load_tokenizer(base_name, revision, trust)
-    train_rows = specialist_rows(read_jsonl(train_path), settings["focus_tools"])
+
+def load_examples(run: TrainingRun, train_path, val_path) -> None:
+    """The tokenizer and the specialist's tokenized training and validation examples."""
+    from .modeling import load_tokenizer
+
+    settings, name = run.settings, run.name
+    run.tokenizer = load_tokenizer(run.base_name, run.revision, run.trust_remote_code)
+    run.train_rows = specialist_rows(read_jsonl(train_path), settings["focus_tools"])
     val_rows = specialist_rows(read_jsonl(val_path), settings["focus_tools"]) if val_path else []
-    if not train_rows:
+    if not run.train_rows:
         raise SnaketuneError(train_path, f"no training rows call only {name}'s focus tools",
                              field=f"specialists.{name}.focus_tools",
                              fix="check the tool names against the data, or leave focus_tools empty")
-    train_examples, skipped = tokenize_rows(train_rows, tokenizer, settings, str(train_path))
-    val_examples, _ = tokenize_rows(val_rows, tokenizer, settings, str(val_path))
-    if skipped:
+    run.train_examples, run.skipped = tokenize_rows(run.train_rows, run.tokenizer, settings, str(train_path))
+    run.val_examples, _ = tokenize_rows(val_rows, run.tokenizer, settings, str(val_path))
+    if run.skipped:
         log.warning("%d of %d training rows are longer than max_seq_len %d and were skipped",
-                    len(skipped), len(train_rows), train_cfg["max_seq_len"])
-    if not train_examples:
+                    len(run.skipped), len(run.train_rows), settings["train"]["max_seq_len"])
+    if not run.train_examples:
         raise SnaketuneError(CONFIG, f"every training row of {name} is longer than max_seq_len",
                              field="defaults.train.max_seq_len", fix="raise max_seq_len")
-    n_tokens = sum(len(e["input_ids"]) for e in train_examples)
+    run.n_tokens = sum(len(e["input_ids"]) for e in run.train_examples)
     log.info("%s: %d training rows (%d tokens, %.0f per row), %d validation rows, on %s (%s, %d thread%s)",
-             name, len(train_examples), n_tokens, n_tokens / len(train_examples), len(val_examples),
-             options["device"], options["dtype"], threads, "" if threads == 1 else "s")
+             name, len(run.train_examples), run.n_tokens, run.n_tokens / len(run.train_examples),
+             len(run.val_examples), run.options["device"], run.options["dtype"], run.threads,
+             "" if run.threads == 1 else "s")
 
-    identity = base_identity(base_name, revision)
-    data_hashes = {"train": sha256_file(train_path), "val": sha256_file(val_path) if val_path else None}
-    fp = fingerprint(identity, data_hashes, settings, options, threads)
-    resume = resumable_checkpoint(checkpoint_dir, fp) if rank == 0 else None
-    if world_size > 1:  # the others look once rank 0 has kept or reset the directory
+
+def find_checkpoint(run: TrainingRun, train_path, val_path) -> None:
+    """The checkpoint to resume from, if one was made from the same inputs and settings."""
+    from .modeling import base_identity
+
+    run.identity = base_identity(run.base_name, run.revision)
+    run.data_hashes = {"train": sha256_file(train_path), "val": sha256_file(val_path) if val_path else None}
+    run.fingerprint = fingerprint(run.identity, run.data_hashes, run.settings, run.options, run.threads)
+    resume = resumable_checkpoint(run.checkpoint_dir, run.fingerprint) if run.rank == 0 else None
+    if run.world_size > 1:  # the others look once rank 0 has kept or reset the directory
         barrier()
-        resume = resume if rank == 0 else resumable_checkpoint(checkpoint_dir, fp, reset=False)
+        resume = resume if run.rank == 0 else resumable_checkpoint(run.checkpoint_dir, run.fingerprint, reset=False)
+    run.resume = resume
     if resume is not None:
         log.info("resuming from checkpoint %s (same inputs and params)", resume)
     else:
-        log.info("no checkpoint for these inputs and params in %s: training from the start", checkpoint_dir)
+        log.info("no checkpoint for these inputs and params in %s: training from the start", run.checkpoint_dir)
 
+
+def build_trainer(run: TrainingRun):
+    """(trainer, its SFTConfig arguments): the base with LoRA (on a k-bit base where configured)."""
+    import torch
+    from datasets import Dataset
+    from trl import SFTConfig
+
+    from .modeling import load_base_model
+
+    options = run.options
     flash = options["packing"] and options["device"] == "cuda" and _has_flash_attention()
     device = options["device"]
-    if world_size > 1 and device == "cuda":  # a quantized base goes to this rank's own card
+    if run.world_size > 1 and device == "cuda":  # a quantized base goes to this rank's own card
         device = f"cuda:{torch.cuda.current_device()}"
-    model = load_base_model(base_name, revision, trust, dtype=options["dtype"],
+    model = load_base_model(run.base_name, run.revision, run.trust_remote_code, dtype=options["dtype"],
                             quantization=options["quantization"],
                             device=device if options["quantization"] != "none" else None,
                             attn_implementation="flash_attention_2" if flash else None)
@@ -476,101 +552,127 @@ def train_adapter(base_dir, train_path, val_path, out_dir, settings: dict, check
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=options["gradient_checkpointing"])
-    peft_config = lora_config(settings)
-    args = training_arguments(settings, options, checkpoint_dir)
-    if world_size > 1:
+    peft_config = lora_config(run.settings)
+    args = training_arguments(run.settings, options, run.checkpoint_dir)
+    if run.world_size > 1:
         args["ddp_backend"] = backend(options["device"])
     if args["deepspeed"]:
-        try:
-            import deepspeed  # noqa: F401
-        except ImportError as err:
-            raise SnaketuneError(CONFIG, "a DeepSpeed config is set but deepspeed is not installed",
-                                 field="train.deepspeed", fix="pip install deepspeed, or set deepspeed: null") from err
-        if not Path(args["deepspeed"]).is_file():
-            raise SnaketuneError(args["deepspeed"], "DeepSpeed config file not found", field="train.deepspeed",
-                                 fix="point train.deepspeed at a JSON file")
-
-    trainer = _trainer_class()(
-        model=model, args=SFTConfig(**args), train_dataset=Dataset.from_list(train_examples),
-        eval_dataset=Dataset.from_list(val_examples) if val_examples else None,
-        processing_class=tokenizer, peft_config=peft_config,
+        check_deepspeed(args["deepspeed"])
+    trainer = trainer_class()(
+        model=model, args=SFTConfig(**args), train_dataset=Dataset.from_list(run.train_examples),
+        eval_dataset=Dataset.from_list(run.val_examples) if run.val_examples else None,
+        processing_class=run.tokenizer, peft_config=peft_config,
     )
-    started, cpu_started = time.perf_counter(), time.process_time()
-    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
-    eval_loss = trainer.evaluate()["eval_loss"] if val_examples else None
+    return trainer, args
 
-    history = [dict(entry) for entry in trainer.state.log_history]
+
+def check_deepspeed(config_file) -> None:
+    """DeepSpeed is importable and its config file is there."""
+    try:
+        import deepspeed  # noqa: F401
+    except ImportError as err:
+        raise SnaketuneError(CONFIG, "a DeepSpeed config is set but deepspeed is not installed",
+                             field="train.deepspeed", fix="pip install deepspeed, or set deepspeed: null") from err
+    if not Path(config_file).is_file():
+        raise SnaketuneError(config_file, "DeepSpeed config file not found", field="train.deepspeed",
+                             fix="point train.deepspeed at a JSON file")
+
+
+def fit(trainer, run: TrainingRun) -> tuple[float, float, float | None]:
+    """Train (from the checkpoint where there is one); (wall seconds, CPU seconds, validation loss)."""
+    started, cpu_started = time.perf_counter(), time.process_time()
+    trainer.train(resume_from_checkpoint=str(run.resume) if run.resume else None)
+    wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+    eval_loss = trainer.evaluate()["eval_loss"] if run.val_examples else None
+    return wall, cpu, eval_loss
+
+
+# What varies run to run (speed, memory, a resume) goes beside the adapter, so its bytes are reproducible.
+TIMING_KEYS = ("tokens_per_second", "wall_time_s", "cpu_time_s", "peak_memory_mb", "resumed_from_step", "threads")
+
+
+def train_metrics(run: TrainingRun, trainer, args: dict, wall: float, cpu: float, eval_loss) -> dict:
+    """train_metrics.json's contents, plus the run-to-run ``TIMING_KEYS``."""
+    history = trainer.state.log_history
     losses = [(int(e["step"]), float(e["loss"])) for e in history if "loss" in e]
-    resumed_from = int(resume.name.split("-")[-1]) if resume else None
+    resumed_from = int(run.resume.name.split("-")[-1]) if run.resume else None
     examples_seen = (trainer.state.global_step - (resumed_from or 0)) * args["per_device_train_batch_size"] \
-        * args["gradient_accumulation_steps"] * world_size
-    metrics = {
-        "specialist": name,
+        * args["gradient_accumulation_steps"] * run.world_size
+    tokens_per_example = run.n_tokens / len(run.train_examples)
+    return {
+        "specialist": run.name,
         "loss": [{"step": s, "loss": v} for s, v in losses],
         "final_train_loss": losses[-1][1] if losses else None,
         "eval_loss": eval_loss,
         "global_step": trainer.state.global_step,
         "epochs": round(float(trainer.state.epoch or 0), 4),
-        "train_examples": len(train_examples),
-        "val_examples": len(val_examples),
-        "skipped_too_long": len(skipped),
-        "tokens_per_second": round(examples_seen * n_tokens / len(train_examples) / max(wall, 1e-9), 1),
+        "train_examples": len(run.train_examples),
+        "val_examples": len(run.val_examples),
+        "skipped_too_long": len(run.skipped),
+        "tokens_per_second": round(examples_seen * tokens_per_example / max(wall, 1e-9), 1),
         "wall_time_s": round(wall, 1),
         "cpu_time_s": round(cpu, 1),  # what the steps cost, whatever else the machine was running
         "resumed_from_step": resumed_from,
-        "peak_memory_mb": _peak_memory_mb(options["device"]),
-        "device": options["device"],
-        "threads": threads,
+        "peak_memory_mb": _peak_memory_mb(run.options["device"]),
+        "device": run.options["device"],
+        "threads": run.threads,
     }
-    spec_config = {
-        "name": name,
-        "system_prompt": settings["system_prompt"],
-        "focus_tools": settings["focus_tools"],
+
+
+def specialist_config(run: TrainingRun, args: dict, train_path, val_path) -> dict:
+    """specialist_config.json: what the adapter was trained from and with."""
+    train_cfg, identity = run.settings["train"], run.identity
+    return {
+        "name": run.name,
+        "system_prompt": run.settings["system_prompt"],
+        "focus_tools": run.settings["focus_tools"],
         "tools_rendered": train_cfg.get("tools_rendered", "all"),
-        "lora": settings["lora"],
+        "lora": run.settings["lora"],
         "train": train_cfg,
-        "resolved": {**options, **{k: v for k, v in args.items() if k != "output_dir"}},
-        "base_model": identity if not Path(base_name).is_dir() else
-        {**identity, "name_or_path": base_cfg.get("name_or_path", identity["name_or_path"])},
-        "data": {"train": {"path": _portable(train_path), "sha256": data_hashes["train"]},
-                 "val": {"path": _portable(val_path) if val_path else None, "sha256": data_hashes["val"]},
-                 "train_examples": len(train_examples), "val_examples": len(val_examples),
-                 "gold_tools": sorted({n for r in train_rows for n in gold_tool_names(r)})},
+        "resolved": {**run.options, **{k: v for k, v in args.items() if k != "output_dir"}},
+        "base_model": identity if not Path(run.base_name).is_dir() else
+        {**identity, "name_or_path": run.base_cfg.get("name_or_path", identity["name_or_path"])},
+        "data": {"train": {"path": _portable(train_path), "sha256": run.data_hashes["train"]},
+                 "val": {"path": _portable(val_path) if val_path else None, "sha256": run.data_hashes["val"]},
+                 "train_examples": len(run.train_examples), "val_examples": len(run.val_examples),
+                 "gold_tools": sorted({n for r in run.train_rows for n in gold_tool_names(r)})},
         "seed": int(train_cfg["seed"]),
-        "threads": threads,
-        "fingerprint": fp,
+        "threads": run.threads,
+        "fingerprint": run.fingerprint,
     }
+
+
+def save_adapter(run: TrainingRun, trainer, metrics: dict, spec_config: dict, out_dir, timing_path) -> None:
+    """Rank 0 writes the adapter directory atomically, and the timing JSON; ``metrics`` gains world_size."""
+    from .modeling import readable_tree
+
     # The adapter names the base as configured (a hub id or the relative path), not this run's absolute path.
     for cfg in trainer.model.peft_config.values():
-        cfg.base_model_name_or_path = base_cfg.get("name_or_path", base_name)
-        cfg.revision = revision
+        cfg.base_model_name_or_path = run.base_cfg.get("name_or_path", run.base_name)
+        cfg.revision = run.revision
         if isinstance(cfg.target_modules, (set, frozenset)):  # all-linear: a set, ordered per process
             cfg.target_modules = sorted(cfg.target_modules)
-    # What varies run to run (speed, memory, a resume) goes beside the adapter, so its bytes are reproducible.
-    timing_keys = ("tokens_per_second", "wall_time_s", "cpu_time_s", "peak_memory_mb", "resumed_from_step", "threads")
-    timing = {k: metrics[k] for k in timing_keys}
-    if world_size > 1:
-        metrics["world_size"] = world_size
-    saved_metrics = {k: v for k, v in metrics.items() if k not in timing_keys}
+    timing = {k: metrics[k] for k in TIMING_KEYS}
+    if run.world_size > 1:
+        metrics["world_size"] = run.world_size
+    saved_metrics = {k: v for k, v in metrics.items() if k not in TIMING_KEYS}
     state_dict = gathered_state_dict(trainer)  # ZeRO-3 only; every rank takes part
-    if rank != 0:  # rank 0 writes the adapter; the other ranks are done
-        return metrics
+    if run.rank != 0:  # rank 0 writes the adapter; the other ranks are done
+        return
+    history = [dict(entry) for entry in trainer.state.log_history]
+    losses = [(e["step"], e["loss"]) for e in metrics["loss"]]
     with atomic_path(out_dir, directory=True) as tmp:
         # The base's vocabulary is never resized here, so the base embedding is not part of the adapter.
         trainer.model.save_pretrained(tmp, safe_serialization=True, save_embedding_layers=False, state_dict=state_dict)
-        tokenizer.save_pretrained(tmp)
+        run.tokenizer.save_pretrained(tmp)
         (tmp / "README.md").unlink(missing_ok=True)  # PEFT's model card template; specialist_config says more
         (tmp / "specialist_config.json").write_text(dumps_json(spec_config), encoding="utf-8")
         (tmp / "train_metrics.json").write_text(dumps_json(saved_metrics), encoding="utf-8")
         write_tensorboard(history, tmp / "runs")
-        plot_loss_curve(losses, eval_loss, tmp / "loss_curve.png", f"{name}: LoRA training loss")
+        plot_loss_curve(losses, metrics["eval_loss"], tmp / "loss_curve.png", f"{run.name}: LoRA training loss")
         readable_tree(tmp)
     if timing_path is not None:
         write_json(timing_path, timing)
-    log.info("%s: %d steps in %.1f s, final loss %s, val loss %s; adapter in %s", name,
-             trainer.state.global_step, wall, metrics["final_train_loss"], eval_loss, out_dir)
-    del trainer, model
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    return metrics
+    log.info("%s: %d steps in %.1f s, final loss %s, val loss %s; adapter in %s", run.name,
+             trainer.state.global_step, metrics["wall_time_s"], metrics["final_train_loss"], metrics["eval_loss"],
+             out_dir)
