@@ -22,7 +22,7 @@ from .provenance import (
     PROVENANCE_DIR, checkout_root, file_hash, git_record, lock_file, lock_variant, normalised, package_files,
     read_records, script_path,
 )
-from .verify import installed_packages, lock_drift, read_lock
+from .verify import installed_packages, lock_drift, read_lock, same_version
 
 KINDS = ("output", "input", "provenance", "params", "code", "lock", "environment")
 # Drifts that Snakemake's own rerun triggers miss (edited outputs, package code, the environment).
@@ -135,11 +135,9 @@ def check_lock(record) -> list[Drift]:
 
 def check_recorded_versions(record, pins: dict, lock_path: str) -> list[Drift]:
     """Packages the step loaded at a version other than the lock's."""
-    from .verify import _same_version
-
     rule, outs, drifts = record.get("rule"), _outputs(record), []
     for name, version in sorted(record.get("environment", {}).get("packages", {}).items()):
-        if name in pins and not _same_version(version, pins[name]):
+        if name in pins and not same_version(version, pins[name]):
             drifts.append(Drift("environment", f"rule {rule} ran with {name} {version}; {lock_path} pins "
                                 f"{pins[name]}", outs, rule, f"pip install -r {lock_path}, then {_rerun(rule)}"))
     return drifts

@@ -134,9 +134,9 @@ def check_inputs(config: dict, config_path: str = "config/config.yaml") -> None:
     name = config["base_model"]["name_or_path"]
     if name.rstrip("/") == TINY_BASE_DIR:
         return
-    from .modeling import _looks_local, check_local_dir
+    from .modeling import looks_local, check_local_dir
 
-    if not _looks_local(name):
+    if not looks_local(name):
         return  # a hub id: checked when it is loaded
     model_dir = check_local_dir(name)
     if config.get("export", {}).get("enabled", True):

@@ -220,7 +220,8 @@ def satisfying_version(specifiers) -> Version | None:
     return None
 
 
-def _exact_pin(specifier: str) -> str | None:
+def exact_pin(specifier: str) -> str | None:
+    """The version a ``==`` / ``===`` specifier pins exactly; None for a range or a wildcard."""
     m = re.fullmatch(r"===?([^,*<>=!~\s]+)", specifier.replace(" ", ""))
     return m.group(1) if m else None
 
@@ -285,11 +286,11 @@ def _resolve_disagreement(name: str, reqs) -> tuple[str, dict]:
                                            "no version satisfies all of them", field=name,
                              fix=f"pin the same {name} version in every env file that asks for it")
     combined = str(SpecifierSet(",".join(s for s in specs if s)))
-    pins = sorted({p for p in (_exact_pin(s) for s in specs) if p})
+    pins = sorted({p for p in (exact_pin(s) for s in specs) if p})
     asked = "; ".join(f"{r.env} asks {name}{r.specifier or ' (any version)'}" for r in reqs)
     if pins and all(SpecifierSet(s).contains(pins[0], prereleases=True) for s in specs if s):
         resolved = f"=={pins[0]}"
-        pinned_by = sorted({r.env for r in reqs if _exact_pin(r.specifier) == pins[0]})
+        pinned_by = sorted({r.env for r in reqs if exact_pin(r.specifier) == pins[0]})
         why = (f"{asked}. {name}=={pins[0]} (pinned by {', '.join(pinned_by)}) satisfies every other "
                f"specifier, so the intersection is that one version: every env keeps a version it accepts "
                f"and the lock stays exact")
@@ -409,7 +410,7 @@ def _uv_env() -> dict:
 
 def python_version(merged: dict) -> str:
     item = merged.get("conda:python")
-    pin = _exact_pin(item.specifier) if item else None
+    pin = exact_pin(item.specifier) if item else None
     if not pin:
         where = item.envs[0] if item else "envs/"
         raise SnaketuneError(where, "no exact python pin to resolve the lock for", field="python",
@@ -427,7 +428,7 @@ def compile_inputs(merged: dict, variant: str, settings: dict) -> list:
         if item.kind != "pip":
             continue
         if variant == "cpu" and name in {canonicalize_name(p) for p in settings["cpu"]["packages"]}:
-            pin = _exact_pin(item.specifier)
+            pin = exact_pin(item.specifier)
             if not pin:
                 raise SnaketuneError(item.envs[0], f"{name}{item.specifier} is not an exact pin; the CPU lock "
                                                    f"needs one to ask for its +{local} build",
@@ -551,7 +552,7 @@ def lock_environments(env_files, settings=None, variant: str = "cpu", *, find_li
     return LockResult(variant, text, report)
 
 
-def _categorise(merged: dict, pins: dict) -> dict:
+def categorise(merged: dict, pins: dict) -> dict:
     """Category of every locked package: its env files' for direct ones, its dependents' for the rest."""
     cats = {name: package_category(item) for name, item in merged.items() if item.kind == "pip"}
     rank = {c: i for i, c in enumerate(CATEGORY_PRIORITY)}
@@ -572,7 +573,7 @@ def _categorise(merged: dict, pins: dict) -> dict:
 
 
 def build_report(merged, pins, *, variant, python, settings, find_links, env_files) -> dict:
-    categories = _categorise(merged, pins)
+    categories = categorise(merged, pins)
     packages = {}
     for name in sorted(pins):
         req, parents = pins[name]
@@ -585,7 +586,7 @@ def build_report(merged, pins, *, variant, python, settings, find_links, env_fil
         if name in merged:
             item = merged[name]
             entry["requested_by"] = _requests_by_env(item.requests)
-            entry["pinned_exactly"] = all(_exact_pin(r.specifier) for r in item.requests)
+            entry["pinned_exactly"] = all(exact_pin(r.specifier) for r in item.requests)
         packages[name] = entry
     conda = {item.name: {"requested_by": _requests_by_env(item.requests), "specifier": item.specifier}
              for item in merged.values() if item.kind == "conda"}

@@ -59,10 +59,10 @@ def _gguf():
 
 def local_model_dir(name_or_path, revision=None) -> Path:
     """A local directory holding the checkpoint: the path itself, or its hub snapshot (config, tokenizer, weights)."""
-    from .modeling import _hub_error, _looks_local, check_local_dir
+    from .modeling import hub_error, looks_local, check_local_dir
 
     name = str(name_or_path)
-    if _looks_local(name):
+    if looks_local(name):
         return check_local_dir(name)
     from huggingface_hub import snapshot_download
 
@@ -70,7 +70,7 @@ def local_model_dir(name_or_path, revision=None) -> Path:
         path = snapshot_download(name, revision=revision,
                                  allow_patterns=["*.json", "*.safetensors", "*.jinja", "*.txt", "tokenizer*"])
     except Exception as err:  # network, auth, missing revision: one clear line either way
-        raise _hub_error(name, revision, err) from err
+        raise hub_error(name, revision, err) from err
     return check_local_dir(path)
 
 

@@ -37,7 +37,7 @@ HUB_FIX = ("download the model once (hf download <id>) and set base_model.name_o
 
 # --- loading ------------------------------------------------------------------------------------
 
-def _looks_local(name: str) -> bool:
+def looks_local(name: str) -> bool:
     """A path rather than a hub id (``org/name``): exists, is absolute or relative-dotted, or deeper."""
     return (Path(name).exists() or name.startswith(("/", "./", "../", "~")) or name.count("/") > 1
             or name.startswith("results/"))
@@ -64,7 +64,8 @@ def check_local_dir(path) -> Path:
     return path
 
 
-def _hub_error(name: str, revision, err: Exception) -> SnaketuneError:
+def hub_error(name: str, revision, err: Exception) -> SnaketuneError:
+    """The one-line error for a base the Hugging Face Hub could not give (offline, gated, missing)."""
     offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
     detail = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
     where = f"{name}@{revision}" if revision else name
@@ -75,7 +76,7 @@ def _hub_error(name: str, revision, err: Exception) -> SnaketuneError:
 
 def _source(name_or_path: str) -> tuple[str, bool]:
     name = str(name_or_path)
-    if _looks_local(name):
+    if looks_local(name):
         return str(check_local_dir(name)), True
     return name, False
 
@@ -94,7 +95,7 @@ def load_tokenizer(name_or_path, revision=None, trust_remote_code: bool = False)
         if local:
             raise SnaketuneError(source, f"cannot load the tokenizer: {err}", field="base_model.name_or_path",
                                  fix="save the tokenizer into the model directory (tokenizer.save_pretrained)")
-        raise _hub_error(source, revision, err) from err
+        raise hub_error(source, revision, err) from err
     tokenizer.chat_template = CHAT_TEMPLATE
     if tokenizer.pad_token is None:
         tokenizer.pad_token = PAD_TOKEN if PAD_TOKEN in tokenizer.get_vocab() else tokenizer.eos_token
@@ -162,7 +163,7 @@ def load_base_model(name_or_path, revision=None, trust_remote_code: bool = False
         if local:
             raise SnaketuneError(source, f"cannot load the model: {err}", field="base_model.name_or_path",
                                  fix="check that the directory was written by save_pretrained with safetensors")
-        raise _hub_error(source, revision, err) from err
+        raise hub_error(source, revision, err) from err
     if device and qconfig is None:
         model.to(device)
     if qconfig is not None:

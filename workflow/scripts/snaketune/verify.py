@@ -71,7 +71,8 @@ def lock_for_torch(locks: dict, torch_cuda: str | None) -> str | None:
     return locks.get(want) or next(iter(locks.values()), None)
 
 
-def _same_version(a: str, b: str) -> bool:
+def same_version(a: str, b: str) -> bool:
+    """Equal as versions (``1.0`` is ``1.0.0``); equal as strings where either is not a version."""
     try:
         return Version(a) == Version(b)
     except InvalidVersion:
@@ -85,7 +86,7 @@ def lock_drift(pins: dict, installed: dict) -> tuple[list, list]:
         have = installed.get(name)
         if have is None:
             missing.append(name)
-        elif not _same_version(have, version):
+        elif not same_version(have, version):
             drift.append({"package": name, "locked": version, "installed": have})
     return drift, missing
 
