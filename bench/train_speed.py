@@ -257,7 +257,8 @@ def run_ours(run: Run, ws: Path, settings: dict, base_cfg: dict, threads: int, a
     training.trainer_class = lambda: counting(original(), run)
     try:
         metrics = training.train_adapter(ws / "base", ws / "data/train.jsonl", ws / "data/val.jsonl", out / "adapter",
-                                         settings, out / "checkpoints", base_cfg=base_cfg, threads=threads, gpus=0)
+                                         settings, out / "checkpoints", base_cfg=base_cfg, threads=threads, gpus=0,
+                                         config_path="config/config.yaml")
     finally:
         training.trainer_class = original
     result = run.summary()

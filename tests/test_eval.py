@@ -31,7 +31,7 @@ def tiny_model(tmp_path_factory):
     build_tiny_base(tmp / "train.jsonl", tmp / "base",
                     {"architecture": "qwen2", "vocab_size": 512, "hidden_size": 64, "intermediate_size": 128,
                      "num_layers": 1, "num_heads": 2, "num_kv_heads": 1, "max_position_embeddings": 1024,
-                     "seed": 1})
+                     "seed": 1}, config_path="config/config.yaml")
     model, tokenizer = load_base({"name_or_path": str(tmp / "base")})
     tokenizer.padding_side = "left"
     return model.eval(), tokenizer, rows

@@ -16,4 +16,5 @@ with rule_step(snakemake) as devices:
         base_cfg=dict(snakemake.params.base_model),
         threads=snakemake.threads,
         gpus=snakemake.resources.gpu,
+        config_path=snakemake.params.config_path,
     )

@@ -1,10 +1,10 @@
 """The audit: check every result against the provenance record written when it was made.
 
-For each record under ``results/provenance/`` it recomputes the hash of every output (and input), and
+For each provenance record (``snaketune.provenance``) it recomputes the hash of every output (and input), and
 compares the rule's params as the config gives them now, the code (entry script and the package files
 the step imported) and the committed lock with what the record holds. It also compares the installed
 environment with the committed lock. Every difference is one ``Drift`` naming the outputs it affects;
-``run_audit`` (the `audit` rule) prints them as a table, writes ``results/audit.json`` and, when strict,
+``run_audit`` (the `audit` rule) prints them as a table, writes its JSON report and, when strict,
 fails with one line per kind of drift.
 """
 
@@ -19,7 +19,7 @@ from pathlib import Path
 from .errors import SnaketuneError
 from .files import sha256_file, write_json
 from .provenance import (
-    PROVENANCE_DIR, checkout_root, file_hash, git_record, lock_file, lock_variant, normalised, package_files,
+    checkout_root, file_hash, git_record, lock_file, lock_variant, normalised, package_files,
     read_records, script_path,
 )
 from .verify import installed_packages, lock_drift, read_lock, same_version
@@ -207,14 +207,17 @@ def index_drift_notes(lock_report) -> tuple[dict | None, list[str]]:
     return drift, notes
 
 
-def audit(records, expected: dict, targets=(), *, installed=None, root=None, package_now=None,
-          lock_dir="envs/lock", lock_report=None) -> dict:
-    """Every drift of the results described by ``records`` ([(path, record)]); a JSON-able report."""
+def audit(records, expected: dict, targets=(), *, lock_dir, installed=None, root=None, package_now=None,
+          lock_report=None) -> dict:
+    """Every drift of the results described by ``records`` ([(path, record)]); a JSON-able report.
+
+    ``lock_dir``: the directory of the committed locks the environment is compared with.
+    """
     installed = installed_packages() if installed is None else installed
     variant = lock_variant(installed)
     lock_path = lock_file(variant, lock_dir)
     if not lock_path.is_file():
-        raise SnaketuneError(lock_path, "the committed lock is missing", fix="git checkout envs/lock, or run "
+        raise SnaketuneError(lock_path, "the committed lock is missing", fix=f"git checkout {lock_dir}, or run "
                              "`python -m snaketune.envlock write` and commit it")
     lock = read_lock(lock_path)
     root = Path(root) if root else checkout_root()
@@ -294,16 +297,19 @@ def drift_error(report: dict, out_json) -> SnaketuneError:
         first.setdefault(d["kind"], (d, sum(x["kind"] == d["kind"] for x in report["drifts"])))
     parts = [f"{kind}: {d['detail']}" + (f" (+{n - 1} more)" if n > 1 else "") for kind, (d, n) in first.items()]
     return SnaketuneError(out_json, f"audit found {len(report['drifts'])} drift(s): " + "; ".join(parts),
-                          fix="see the table above or results/audit.json; to record drift without failing, "
+                          fix=f"see the table above or {out_json}; to record drift without failing, "
                               "run with --config audit_strict=false")
 
 
-def run_audit(out_json, expected: dict, targets=(), *, strict: bool = True, records_root=PROVENANCE_DIR,
+def run_audit(out_json, expected: dict, targets=(), *, records_root, lock_dir, strict: bool = True,
               lock_report=None, echo=None) -> dict:
-    """The `audit` rule: audit, print the table (to the log and ``echo``), write ``out_json``; raise on drift."""
+    """The `audit` rule: audit, print the table (to the log and ``echo``), write ``out_json``; raise on drift.
+
+    ``records_root``: the directory of the provenance records; ``lock_dir``: that of the committed locks.
+    """
     records = read_records(records_root)
     script = script_path()  # entry scripts are looked up beside the audit's own (this checkout's)
-    report = audit(records, expected, targets, root=checkout_root(script) if script else None,
+    report = audit(records, expected, targets, lock_dir=lock_dir, root=checkout_root(script) if script else None,
                    lock_report=lock_report)
     report["strict"] = bool(strict)
     table = format_table(report)

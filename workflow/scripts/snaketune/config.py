@@ -69,7 +69,7 @@ def schema_errors(config: dict, schema: dict, config_path: str) -> None:
     raise SnaketuneError(config_path, problem, field=key, fix=fix)
 
 
-def check_config(config: dict, schema: dict, config_path: str = "config/config.yaml") -> None:
+def check_config(config: dict, schema: dict, config_path: str) -> None:
     """Checks with messages a user can act on, run before Snakemake's validate()."""
     for key, suggestion in unknown_keys(config, schema):
         fix = f"did you mean '{suggestion}'?" if suggestion else "remove it (config/README.md lists every key)"
@@ -125,7 +125,7 @@ def specialist_settings(config: dict, name: str) -> dict:
     return merged
 
 
-def check_inputs(config: dict, config_path: str = "config/config.yaml") -> None:
+def check_inputs(config: dict, config_path: str) -> None:
     """What must exist before anything runs: data sources, a local base model, a GGUF-able architecture."""
     for i, source in enumerate(config["data"]["sources"]):
         if not Path(source["path"]).is_file():
@@ -138,7 +138,7 @@ def check_inputs(config: dict, config_path: str = "config/config.yaml") -> None:
 
     if not looks_local(name):
         return  # a hub id: checked when it is loaded
-    model_dir = check_local_dir(name)
+    model_dir = check_local_dir(name, config_path=config_path)
     if config.get("export", {}).get("enabled", True):
         import json
 

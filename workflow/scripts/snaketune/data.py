@@ -316,8 +316,9 @@ def split_rows(rows: list, ratios: dict, seed: int) -> dict[str, list]:
     return out
 
 
-def check_specialists(splits: dict[str, list], specialists: dict[str, list], config_path="config/config.yaml"):
-    """Each focus tool must occur; each specialist needs train and test rows."""
+def check_specialists(splits: dict[str, list], specialists: dict[str, list], *, config_path: str) -> None:
+    """Each focus tool must occur; each specialist needs train and test rows (else an error naming the
+    specialist's key in the config file ``config_path``)."""
     seen = {split: Counter(t for r in rows for t in gold_tools(r)) for split, rows in splits.items()}
     everywhere = sum(seen.values(), Counter())
     for name, focus in specialists.items():
@@ -359,9 +360,12 @@ def split_stats(splits, loaded: Loaded, seed: int, ratios: dict) -> dict:
     }
 
 
-def prepare_data(sources: dict[str, str], outputs: dict[str, str], *, ratios: dict, seed: int,
+def prepare_data(sources: dict[str, str], outputs: dict[str, str], *, ratios: dict, seed: int, config_path: str,
                  on_invalid: str = "error", specialists: dict[str, list] | None = None) -> dict:
-    """The whole data stage: sources -> train/val/test JSONL + split_stats.json + rejected.jsonl."""
+    """The whole data stage: sources -> train/val/test JSONL + split_stats.json + rejected.jsonl.
+
+    ``config_path``: the config file the ratios, seed and specialists come from (errors name it).
+    """
     loaded = load_sources(sources, on_invalid)
     if len(loaded.rows) < 3:
         first = next(iter(sources), "<no sources>")
@@ -369,7 +373,7 @@ def prepare_data(sources: dict[str, str], outputs: dict[str, str], *, ratios: di
                              f"{loaded.duplicates} duplicates and {len(loaded.rejected)} invalid rows",
                              fix="provide at least 3 distinct rows (every row may be a duplicate)")
     splits = split_rows(loaded.rows, ratios, seed)
-    check_specialists(splits, specialists or {})
+    check_specialists(splits, specialists or {}, config_path=config_path)
     stats = split_stats(splits, loaded, seed, ratios)
     for name in SPLITS:
         write_jsonl(outputs[name], splits[name])

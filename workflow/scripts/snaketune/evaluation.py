@@ -85,18 +85,20 @@ def assistant_loss(model, tokenizer, rows, settings, batch_size: int = 8) -> flo
     return total / count if count else None
 
 
-def score_generations(records: list[dict], targets: dict) -> dict:
-    """Metrics of a generations file's records (used for the eval JSON and to recheck it by hand)."""
+def score_generations(records: list[dict], targets: dict, *, config_path: str | None = None) -> dict:
+    """Metrics of a generations file's records (used for the eval JSON and to recheck it by hand);
+    ``targets`` are ``eval.targets`` of the config file ``config_path``."""
     tool_verdicts = [r["verdict"] for r in records if r["kind"] == "tool"]
     text_verdicts = [r["verdict"] for r in records if r["kind"] == "text"]
     out = {"tool": metrics.aggregate(tool_verdicts) if tool_verdicts else None,
            "text": metrics.aggregate_text(text_verdicts) if text_verdicts else None}
     headline = out["tool"] or out["text"]
-    out["targets"] = metrics.targets_report(headline, {k: v for k, v in targets.items() if k in headline}) if headline else {}
+    out["targets"] = metrics.targets_report(headline, {k: v for k, v in targets.items() if k in headline},
+                                            config_path=config_path) if headline else {}
     return out
 
 
-def rescore_generations(path, targets: dict) -> dict:
+def rescore_generations(path, targets: dict, *, config_path: str | None = None) -> dict:
     """Recompute the metrics from a generations JSONL (parsing the raw text again)."""
     records = []
     for rec in read_jsonl(path):
@@ -106,7 +108,7 @@ def rescore_generations(path, targets: dict) -> dict:
         else:
             rec["verdict"] = metrics.score_text(rec["text"], rec["gold_text"])
         records.append(rec)
-    return score_generations(records, targets)
+    return score_generations(records, targets, config_path=config_path)
 
 
 def model_fingerprint(base_cfg: dict) -> str:
@@ -124,15 +126,16 @@ def validate_result(result: dict) -> None:
         raise RuntimeError(f"eval result breaks {SCHEMA_PATH.name}: {'/'.join(map(str, err.absolute_path))}: {err.message}")
 
 
-def load_for_eval(base_cfg: dict, adapter_dir=None, threads: int | None = None):
-    """(model, tokenizer) in eval mode: the base, or the base with the adapter merged in."""
+def load_for_eval(base_cfg: dict, adapter_dir=None, threads: int | None = None, *, config_path: str | None = None):
+    """(model, tokenizer) in eval mode: the base (``base_model`` of the config file ``config_path``), or the
+    base with the adapter merged in."""
     import torch
 
     from .modeling import load_base
 
     if threads:
         torch.set_num_threads(threads)
-    model, tokenizer = load_base(base_cfg)
+    model, tokenizer = load_base(base_cfg, config_path=config_path)
     attach_template(tokenizer)
     if adapter_dir is not None:
         from peft import PeftModel
@@ -144,10 +147,14 @@ def load_for_eval(base_cfg: dict, adapter_dir=None, threads: int | None = None):
 
 
 def evaluate(*, base_cfg: dict, test_path, settings: dict, eval_cfg: dict, out_json, out_generations,
-             out_timing, adapter_dir=None, threads: int | None = None, progress: bool = True) -> dict:
-    """Score one model (base, or base + adapter) on one specialist's test subset and write the files."""
+             out_timing, config_path: str, adapter_dir=None, threads: int | None = None,
+             progress: bool = True) -> dict:
+    """Score one model (base, or base + adapter) on one specialist's test subset and write the files.
+
+    ``base_cfg``, ``settings`` and ``eval_cfg`` come from the config file ``config_path`` (errors name it).
+    """
     rows = test_subset(test_path, settings, eval_cfg.get("max_examples"))
-    model, tokenizer = load_for_eval(base_cfg, adapter_dir, threads)
+    model, tokenizer = load_for_eval(base_cfg, adapter_dir, threads, config_path=config_path)
     prompts = build_prompts(tokenizer, rows, settings)
     started = time.perf_counter()
     outputs, n_generated = generate(model, tokenizer, [p["ids"] for p in prompts],
@@ -170,7 +177,7 @@ def evaluate(*, base_cfg: dict, test_path, settings: dict, eval_cfg: dict, out_j
             rec = {"id": row["id"], "kind": "text", "text": text, "gold_text": gold_text,
                    "verdict": metrics.score_text(text, gold_text)}
         records.append(rec)
-    scores = score_generations(records, eval_cfg["targets"])
+    scores = score_generations(records, eval_cfg["targets"], config_path=config_path)
     loss = assistant_loss(model, tokenizer, rows, settings)
     result = {
         "specialist": settings["name"],

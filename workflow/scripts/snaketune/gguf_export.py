@@ -57,21 +57,24 @@ def _gguf():
 
 # --- where the weights are -----------------------------------------------------------------------
 
-def local_model_dir(name_or_path, revision=None) -> Path:
-    """A local directory holding the checkpoint: the path itself, or its hub snapshot (config, tokenizer, weights)."""
+def local_model_dir(name_or_path, revision=None, *, config_path: str | None = None) -> Path:
+    """A local directory holding the checkpoint: the path itself, or its hub snapshot (config, tokenizer, weights).
+
+    ``config_path``: the config file that names the checkpoint (the base), for errors about it.
+    """
     from .modeling import hub_error, looks_local, check_local_dir
 
     name = str(name_or_path)
     if looks_local(name):
-        return check_local_dir(name)
+        return check_local_dir(name, config_path=config_path)
     from huggingface_hub import snapshot_download
 
     try:
         path = snapshot_download(name, revision=revision,
                                  allow_patterns=["*.json", "*.safetensors", "*.jinja", "*.txt", "tokenizer*"])
     except Exception as err:  # network, auth, missing revision: one clear line either way
-        raise hub_error(name, revision, err) from err
-    return check_local_dir(path)
+        raise hub_error(name, revision, err, config_path=config_path) from err
+    return check_local_dir(path, config_path=config_path)
 
 
 # safetensors dtype -> numpy dtype of its bytes. bf16 has no numpy type: its raw bits are carried under
@@ -580,18 +583,19 @@ def _order(hf_name: str):
 
 
 def write_model_gguf(source, out_path, quant: str, name: str | None = None, revision=None,
-                     untie: bool = False, template: str = "model") -> dict:
+                     untie: bool = False, template: str = "model", *, config_path: str | None = None) -> dict:
     """Convert a transformers checkpoint (local dir or hub id) into one GGUF file of type ``quant``.
 
     ``untie`` writes ``output.weight`` even for tied embeddings: a base GGUF that LoRA adapters
     touching embed_tokens / lm_head are applied to needs the two apart. ``template``: ``model`` keeps
     the checkpoint's chat template, ``shared`` writes snaketune's (what the adapters were trained on).
+    ``config_path``: the config file, where ``source`` and ``quant`` come from it (errors name it).
     """
     if quant not in QUANTS:
-        raise SnaketuneError(None, f"unknown GGUF type {quant!r}", field="export.quants",
+        raise SnaketuneError(config_path, f"unknown GGUF type {quant!r}", field="export.quants",
                              fix=f"use one of {', '.join(QUANTS)}")
     gguf = _gguf()
-    model_dir = local_model_dir(source, revision)
+    model_dir = local_model_dir(source, revision, config_path=config_path)
     spec = model_spec(model_dir)
     weights = SafetensorsDir(model_dir)
     meta = tokenizer_metadata(model_dir, spec.vocab_size)
@@ -658,13 +662,15 @@ def _peft_module(key: str) -> tuple[str, str]:
     return key.removesuffix(".weight"), "full"
 
 
-def write_lora_gguf(adapter_dir, base, out_path, name: str | None = None, revision=None) -> dict:
+def write_lora_gguf(adapter_dir, base, out_path, name: str | None = None, revision=None, *,
+                    config_path: str) -> dict:
     """The adapter alone as a GGUF LoRA that llama.cpp applies on top of the base GGUF.
 
     PEFT's per-module scaling (alpha / r, rank / alpha patterns, rsLoRA) is folded into lora_b and the
     file's alpha is 0, which llama.cpp reads as scale 1. Modules saved whole (``modules_to_save``:
     embed_tokens, lm_head) become exact full-rank pairs of their difference from the base; the base
-    GGUF must then hold ``output.weight`` apart (``write_model_gguf(untie=True)``).
+    GGUF must then hold ``output.weight`` apart (``write_model_gguf(untie=True)``). ``base`` comes from
+    the config file ``config_path``.
     """
     from .modeling import read_adapter_config
 
@@ -675,7 +681,7 @@ def write_lora_gguf(adapter_dir, base, out_path, name: str | None = None, revisi
         kind = "DoRA" if acfg.get("use_dora") else acfg.get("peft_type")
         raise SnaketuneError(cfg_path, f"adapter type {kind} has no GGUF LoRA form", field="peft_type",
                              fix="train a plain LoRA adapter")
-    base_dir = local_model_dir(base, revision)
+    base_dir = local_model_dir(base, revision, config_path=config_path)
     spec = model_spec(base_dir)
     adapter = SafetensorsDir(adapter_dir / "adapter_model.safetensors")
     base_weights = SafetensorsDir(base_dir)

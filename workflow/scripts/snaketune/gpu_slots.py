@@ -119,12 +119,14 @@ def _warn_if_cuda_started() -> None:
 
 
 @contextlib.contextmanager
-def gpu_slot(n, *, directory=None, poll_seconds: float = 0.5, timeout: float | None = None):
+def gpu_slot(n, *, directory=None, poll_seconds: float = 0.5, timeout: float | None = None,
+             config_path: str | None = None):
     """Hold ``n`` GPUs of this machine for the block; yields their ids (a list of strings).
 
     n <= 0: nothing is claimed and nothing set. Under SLURM (SLURM_JOB_ID set): the ids SLURM gave
     the job are yielded untouched. No GPU on the machine: a warning, and the job runs without one.
     All cards busy: waits (``timeout`` seconds at most, forever by default) until enough are free.
+    More GPUs than the machine has: an error about ``resources.gpus`` in the config file ``config_path``.
     """
     n = int(n or 0)
     if n <= 0:
@@ -148,7 +150,8 @@ def gpu_slot(n, *, directory=None, poll_seconds: float = 0.5, timeout: float | N
         return
     if n > len(pool):
         raise config_error("resources.gpus", f"the job asks for {n} GPUs but this machine has {len(pool)} "
-                           f"({','.join(pool)})", fix=f"set resources.gpus to at most {len(pool)}")
+                           f"({','.join(pool)})", fix=f"set resources.gpus to at most {len(pool)}",
+                           config_path=config_path)
 
     shared = directory is None and not os.environ.get(DIR_ENV)
     directory = Path(directory) if directory else slots_dir()

@@ -38,7 +38,7 @@ LOG_FORMAT = "%(asctime)s %(levelname)s [rank {rank}] %(name)s: %(message)s"
 
 # --- how many processes ---------------------------------------------------------------------------
 
-def process_count(settings: dict, devices, cuda: bool = True) -> int:
+def process_count(settings: dict, devices, cuda: bool = True, *, config_path: str) -> int:
     """Processes for the train step: ``train.processes``, or (auto) one per GPU the job holds.
 
     ``devices``: the GPU ids the job holds (``rule_step`` yields them); ``cuda``: whether torch can use
@@ -51,11 +51,12 @@ def process_count(settings: dict, devices, cuda: bool = True) -> int:
         return max(1, len(devices))
     n = int(wanted)
     if n < 1:
-        raise config_error("train.processes", f"is {n}", fix="use auto or a whole number >= 1")
+        raise config_error("train.processes", f"is {n}", fix="use auto or a whole number >= 1",
+                           config_path=config_path)
     if devices and n > len(devices):
         raise config_error("train.processes", f"is {n} but the job holds {len(devices)} GPU(s) "
                            f"({','.join(map(str, devices))}); two processes cannot share a card",
-                           fix=f"set processes to auto, or resources.gpus to {n}")
+                           fix=f"set processes to auto, or resources.gpus to {n}", config_path=config_path)
     return n
 
 
@@ -168,7 +169,8 @@ def _cuda_usable() -> bool:
 
 def launch_training(devices=(), **kwargs) -> dict:
     """Rule train's step: ``train_adapter(**kwargs)`` here, or as n torchrun processes (see the module doc)."""
-    n = process_count(kwargs["settings"], devices, cuda=bool(devices) and _cuda_usable())
+    n = process_count(kwargs["settings"], devices, cuda=bool(devices) and _cuda_usable(),
+                      config_path=kwargs["config_path"])
     if not needs_launcher(n, kwargs["settings"]):
         return train_adapter(**kwargs)
     return run_torchrun(n, kwargs)

@@ -58,8 +58,10 @@ def _untie_if_diverged(model) -> bool:
     return True
 
 
-def merge_adapter(base, adapter_dir, out_dir, revision=None, threads: int | None = None, gpus: int = 0) -> dict:
-    """Merge ``adapter_dir`` into ``base`` (local dir or hub id) and save it in the base's dtype to ``out_dir``."""
+def merge_adapter(base, adapter_dir, out_dir, revision=None, threads: int | None = None, gpus: int = 0, *,
+                  config_path: str) -> dict:
+    """Merge ``adapter_dir`` into ``base`` (local dir or hub id, from the config file ``config_path``) and
+    save it in the base's dtype to ``out_dir``."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -75,7 +77,7 @@ def merge_adapter(base, adapter_dir, out_dir, revision=None, threads: int | None
     if acfg.get("peft_type", "LORA") != "LORA":
         raise SnaketuneError(cfg_path, f"adapter type {acfg.get('peft_type')!r} cannot be merged here",
                              field="peft_type", fix="train a LoRA adapter")
-    base_dir = local_model_dir(base, revision)
+    base_dir = local_model_dir(base, revision, config_path=config_path)
     base_cfg = _base_config(base_dir)
     dtype = str(base_cfg.get("dtype") or base_cfg.get("torch_dtype") or "float32")
     device = "cuda" if gpus and torch.cuda.is_available() else "cpu"

@@ -2,8 +2,9 @@
 
 Every entry script wraps its work in ``with rule_step(snakemake):``. That sends the step's output to the
 rule's log file, holds the GPU slot the rule asks for (``resources: gpu=``), and once the block has
-succeeded writes ``results/provenance/{rule}/{wildcards}.json`` atomically. ``snaketune.audit`` reads
-these records back and checks each result against them months later.
+succeeded writes ``{records}/{rule}/{wildcards}.json`` atomically, where the rule's ``provenance``
+param (``{"records": ..., "locks": ...}``) says where records go and where the committed locks are.
+``snaketune.audit`` reads these records back and checks each result against them months later.
 
 Paths in a record are relative to the working directory (as Snakemake gives them) or to the checkout,
 so records from two checkouts compare; times, host and device are recorded but never compared.
@@ -29,12 +30,10 @@ from .files import sha256_file, sha256_tree, write_json
 from .gpu_slots import gpu_slot
 from .logs import to_log_file
 
-PROVENANCE_DIR = Path("results/provenance")
 FORMAT = 1
 PACKAGE_DIR = Path(__file__).resolve().parent
 # Files of the package that count as code (not caches); non-Python files are read by every step.
 CODE_SUFFIXES = (".py", ".jinja", ".json", ".yaml")
-LOCK_DIR = Path("envs/lock")
 
 
 # ---------------------------------------------------------------- naming and plain values
@@ -46,7 +45,8 @@ def record_name(wildcards: dict) -> str:
     return ".".join(values) if values else "all"
 
 
-def record_path(rule: str, wildcards: dict, root=PROVENANCE_DIR) -> Path:
+def record_path(rule: str, wildcards: dict, root) -> Path:
+    """Where the record of ``rule`` for ``wildcards`` goes under the records directory ``root``."""
     return Path(root) / rule / f"{record_name(wildcards)}.json"
 
 
@@ -206,7 +206,8 @@ def lock_variant(installed: dict) -> str:
     return "cpu"
 
 
-def lock_file(variant: str, lock_dir=LOCK_DIR) -> Path:
+def lock_file(variant: str, lock_dir) -> Path:
+    """The committed lock of a variant in the directory of committed locks ``lock_dir``."""
     return Path(lock_dir) / f"requirements.{variant}.txt"
 
 
@@ -232,10 +233,11 @@ def loaded_distributions() -> set[str]:
     return {canonical_name(dist) for name in top for dist in providers.get(name, ())}
 
 
-def environment_record() -> dict:
+def environment_record(lock_dir) -> dict:
+    """Python, Snakemake, the packages this step loaded, and the committed lock (in ``lock_dir``) they match."""
     installed = installed_versions()
     variant = lock_variant(installed)
-    lock = lock_file(variant)
+    lock = lock_file(variant, lock_dir)
     loaded = loaded_distributions() | {"snakemake"}
     return {
         "python": platform.python_version(),
@@ -276,6 +278,7 @@ def _now() -> str:
 
 def build_record(smk, started: str, seconds: float, script=None) -> dict:
     """The provenance record of a finished step (``smk``: the script's ``snakemake`` object)."""
+    settings = provenance_settings(smk)
     params = jsonable(smk.params)
     wildcards = {str(k): str(v) for k, v in smk.wildcards.items()}
     script = Path(script).resolve() if script else script_path()
@@ -288,7 +291,7 @@ def build_record(smk, started: str, seconds: float, script=None) -> dict:
         "params": params,
         "seeds": find_seeds(params),
         "code": code_record(script),
-        "environment": environment_record(),
+        "environment": environment_record(settings["locks"]),
         "device": device_record(),
         "threads": smk.threads,
         "gpus": int(smk.resources.get("gpu", 0) or 0),
@@ -301,24 +304,35 @@ def build_record(smk, started: str, seconds: float, script=None) -> dict:
     }
 
 
+def provenance_settings(smk) -> dict:
+    """The rule's ``provenance`` param: ``{"records": records directory, "locks": committed locks directory}``."""
+    settings = smk.params.get("provenance")
+    if not isinstance(settings, dict) or not {"records", "locks"} <= settings.keys():
+        raise RuntimeError(f"rule {smk.rule} gives no provenance param with records and locks directories "
+                           "(every rule that runs rule_step needs one)")
+    return settings
+
+
 @contextlib.contextmanager
 def rule_step(smk):
     """Run one rule's work: log file, GPU slot, then its provenance record (only if the block succeeds).
 
-    Yields the GPU device ids the step holds (``[]`` for CPU steps).
+    Yields the GPU device ids the step holds (``[]`` for CPU steps). The rule's params give where the
+    record goes (``provenance``) and the config file that errors about its GPU count name (``config_path``).
     """
+    settings = provenance_settings(smk)
     with to_log_file(smk.log[0]):
         started, clock = _now(), time.perf_counter()
-        with gpu_slot(smk.resources.get("gpu", 0)) as devices:
+        with gpu_slot(smk.resources.get("gpu", 0), config_path=smk.params.get("config_path")) as devices:
             yield devices
         seconds = time.perf_counter() - clock
         record = build_record(smk, started, seconds)
-        path = record_path(record["rule"], record["wildcards"])
+        path = record_path(record["rule"], record["wildcards"], settings["records"])
         write_json(path, record)
         print(f"provenance: {path}")
 
 
-def read_records(root=PROVENANCE_DIR) -> list[tuple[Path, dict]]:
+def read_records(root) -> list[tuple[Path, dict]]:
     """Every provenance record under ``root``, sorted by path."""
     out = []
     for path in sorted(Path(root).glob("*/*.json")):

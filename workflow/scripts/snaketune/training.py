@@ -26,7 +26,6 @@ from .ranks import backend, barrier, gathered_state_dict, rank_and_world
 
 log = logging.getLogger("snaketune.training")
 
-CONFIG = "config/config.yaml"
 FINGERPRINT = "fingerprint.json"
 # Files of the adapter directory whose bytes depend only on the inputs (timings go to a sidecar JSON).
 DETERMINISTIC_FILES = ("adapter_model.safetensors", "adapter_config.json", "specialist_config.json",
@@ -35,8 +34,10 @@ DETERMINISTIC_FILES = ("adapter_model.safetensors", "adapter_config.json", "spec
 
 # --- examples ---------------------------------------------------------------------------------
 
-def tokenize_rows(rows, tokenizer, settings: dict, source="results/data/train.jsonl") -> tuple[list[dict], list[str]]:
+def tokenize_rows(rows, tokenizer, settings: dict, source=None) -> tuple[list[dict], list[str]]:
     """Token ids and labels (-100 outside what the assistant writes) for each row; also the ids skipped.
+
+    ``source``: the file the rows come from, named in errors.
 
     A row whose template gives no assistant token is an error (it would train on nothing); a row longer
     than ``max_seq_len`` is skipped (truncating it would teach the model to stop mid-call).
@@ -81,15 +82,17 @@ def resolve_device(gpus: int) -> str:
     return "cpu"
 
 
-def resolve_options(train: dict, device: str) -> dict:
-    """``auto`` choices made concrete for this device (TRL's own defaults are wrong on CPU)."""
+def resolve_options(train: dict, device: str, *, config_path: str) -> dict:
+    """``auto`` choices made concrete for this device (TRL's own defaults are wrong on CPU); ``train`` is a
+    specialist's train settings from the config file ``config_path``."""
     import torch
 
     dtype = train.get("dtype", "auto")
     if dtype == "auto":
         dtype = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if device == "cuda" else "fp32"
     if device == "cpu" and dtype == "fp16":
-        raise SnaketuneError(CONFIG, "fp16 training needs a GPU", field="train.dtype", fix="use auto or fp32 on CPU")
+        raise SnaketuneError(config_path, "fp16 training needs a GPU", field="train.dtype",
+                             fix="use auto or fp32 on CPU")
     gc = train.get("gradient_checkpointing", "auto")
     gc = (device == "cuda") if gc == "auto" else bool(gc)
     packing = train.get("packing", "auto")
@@ -360,13 +363,20 @@ def trainer_class():
     from trl import SFTTrainer
 
     class CheckedSFTTrainer(SFTTrainer):
-        """SFTTrainer that refuses a batch whose loss mask is empty (it would train on nothing, silently)."""
+        """SFTTrainer that refuses a batch whose loss mask is empty (it would train on nothing, silently).
+
+        ``config_path``: the config file whose ``train.max_seq_len`` that error names.
+        """
+
+        def __init__(self, *args, config_path: str | None = None, **kwargs):
+            self.config_path = config_path
+            super().__init__(*args, **kwargs)
 
         def training_step(self, model, inputs, num_items_in_batch=None):
             labels = inputs.get("labels")
             if labels is not None and label_mask_tokens(labels) == 0:
                 raise SnaketuneError(
-                    "results/data/train.jsonl", f"batch at step {self.state.global_step} has an empty loss mask "
+                    self.config_path, f"batch at step {self.state.global_step} has an empty loss mask "
                     "(no assistant tokens after truncation)", field="train.max_seq_len",
                     fix="raise max_seq_len or drop rows whose assistant turn does not fit")
             return super().training_step(model, inputs, num_items_in_batch)
@@ -412,6 +422,7 @@ class TrainingRun:
     options: dict
     threads: int
     checkpoint_dir: Path
+    config_path: str
     rank: int = 0
     world_size: int = 1
     tokenizer: Any = None
@@ -438,13 +449,14 @@ class TrainingRun:
         return bool(self.base_cfg.get("trust_remote_code", False))
 
 
-def train_adapter(base_dir, train_path, val_path, out_dir, settings: dict, checkpoint_dir=None, *,
+def train_adapter(base_dir, train_path, val_path, out_dir, settings: dict, checkpoint_dir, *, config_path: str,
                   base_cfg: dict | None = None, threads: int = 1, gpus: int | None = None,
                   timing_path=None) -> dict:
     """Train one specialist's adapter into ``out_dir`` (atomically); returns train_metrics.
 
     ``base_dir`` is the base's local directory or hub id (``base_cfg`` = config["base_model"] adds
-    revision / trust_remote_code); ``settings`` = config.specialist_settings(config, name).
+    revision / trust_remote_code); ``settings`` = config.specialist_settings(config, name), from the
+    config file ``config_path`` (errors about settings name it). Checkpoints go to ``checkpoint_dir``.
     """
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     set_threads(threads)
@@ -453,7 +465,7 @@ def train_adapter(base_dir, train_path, val_path, out_dir, settings: dict, check
 
     datasets.disable_caching()
     datasets.disable_progress_bars()
-    run = start_run(base_dir, settings, base_cfg, threads, gpus, checkpoint_dir)
+    run = start_run(base_dir, settings, base_cfg, threads, gpus, checkpoint_dir, config_path)
     load_examples(run, train_path, val_path)
     find_checkpoint(run, train_path, val_path)
     trainer, args = build_trainer(run)
@@ -468,21 +480,22 @@ def train_adapter(base_dir, train_path, val_path, out_dir, settings: dict, check
 
 
 def start_run(base_dir, settings: dict, base_cfg: dict | None, threads: int, gpus: int | None,
-              checkpoint_dir) -> TrainingRun:
+              checkpoint_dir, config_path: str) -> TrainingRun:
     """The device options, this process's rank, and the checkpoint directory of a train step."""
     from .modeling import quantization_config
 
     base_cfg = dict(base_cfg or {})
     gpus = settings.get("resources", {}).get("gpus", 0) if gpus is None else gpus
-    options = resolve_options(settings["train"], resolve_device(gpus))
+    options = resolve_options(settings["train"], resolve_device(gpus), config_path=config_path)
     rank, world_size = rank_and_world()  # torchrun children (snaketune.launch): rank 0 alone writes
     if world_size > 1:
         options["world_size"] = world_size  # in the fingerprint: n processes train differently from one
     run = TrainingRun(settings=settings, base_cfg=base_cfg,
                       base_name=str(base_dir) if base_dir else base_cfg["name_or_path"], options=options,
-                      threads=threads, checkpoint_dir=Path(checkpoint_dir or f"results/checkpoints/{settings['name']}"),
+                      threads=threads, checkpoint_dir=Path(checkpoint_dir), config_path=config_path,
                       rank=rank, world_size=world_size)
-    quantization_config(options["quantization"])  # refused here, before the checkpoint directory is touched
+    # refused here, before the checkpoint directory is touched
+    quantization_config(options["quantization"], config_path=config_path)
     return run
 
 
@@ -491,7 +504,7 @@ def load_examples(run: TrainingRun, train_path, val_path) -> None:
     from .modeling import load_tokenizer
 
     settings, name = run.settings, run.name
-    run.tokenizer = load_tokenizer(run.base_name, run.revision, run.trust_remote_code)
+    run.tokenizer = load_tokenizer(run.base_name, run.revision, run.trust_remote_code, config_path=run.config_path)
     run.train_rows = specialist_rows(read_jsonl(train_path), settings["focus_tools"])
     val_rows = specialist_rows(read_jsonl(val_path), settings["focus_tools"]) if val_path else []
     if not run.train_rows:
@@ -504,7 +517,7 @@ def load_examples(run: TrainingRun, train_path, val_path) -> None:
         log.warning("%d of %d training rows are longer than max_seq_len %d and were skipped",
                     len(run.skipped), len(run.train_rows), settings["train"]["max_seq_len"])
     if not run.train_examples:
-        raise SnaketuneError(CONFIG, f"every training row of {name} is longer than max_seq_len",
+        raise SnaketuneError(run.config_path, f"every training row of {name} is longer than max_seq_len",
                              field="defaults.train.max_seq_len", fix="raise max_seq_len")
     run.n_tokens = sum(len(e["input_ids"]) for e in run.train_examples)
     log.info("%s: %d training rows (%d tokens, %.0f per row), %d validation rows, on %s (%s, %d thread%s)",
@@ -547,7 +560,7 @@ def build_trainer(run: TrainingRun):
     model = load_base_model(run.base_name, run.revision, run.trust_remote_code, dtype=options["dtype"],
                             quantization=options["quantization"],
                             device=device if options["quantization"] != "none" else None,
-                            attn_implementation="flash_attention_2" if flash else None)
+                            attn_implementation="flash_attention_2" if flash else None, config_path=run.config_path)
     if options["quantization"] != "none":
         from peft import prepare_model_for_kbit_training
 
@@ -557,21 +570,21 @@ def build_trainer(run: TrainingRun):
     if run.world_size > 1:
         args["ddp_backend"] = backend(options["device"])
     if args["deepspeed"]:
-        check_deepspeed(args["deepspeed"])
+        check_deepspeed(args["deepspeed"], run.config_path)
     trainer = trainer_class()(
         model=model, args=SFTConfig(**args), train_dataset=Dataset.from_list(run.train_examples),
         eval_dataset=Dataset.from_list(run.val_examples) if run.val_examples else None,
-        processing_class=run.tokenizer, peft_config=peft_config,
+        processing_class=run.tokenizer, peft_config=peft_config, config_path=run.config_path,
     )
     return trainer, args
 
 
-def check_deepspeed(config_file) -> None:
-    """DeepSpeed is importable and its config file is there."""
+def check_deepspeed(config_file, config_path: str) -> None:
+    """DeepSpeed is importable and its config file (``train.deepspeed`` in ``config_path``) is there."""
     try:
         import deepspeed  # noqa: F401
     except ImportError as err:
-        raise SnaketuneError(CONFIG, "a DeepSpeed config is set but deepspeed is not installed",
+        raise SnaketuneError(config_path, "a DeepSpeed config is set but deepspeed is not installed",
                              field="train.deepspeed", fix="pip install deepspeed, or set deepspeed: null") from err
     if not Path(config_file).is_file():
         raise SnaketuneError(config_file, "DeepSpeed config file not found", field="train.deepspeed",
