@@ -66,7 +66,7 @@ class QualityProbe:
 
     def __call__(self, model) -> dict:
         from snaketune import metrics
-        from snaketune.evaluation import generate
+        from snaketune.generation import generate
 
         was_training = model.training
         model.eval()

@@ -9,13 +9,12 @@ from snaketune.data import normalise_row
 from snaketune.demo import generate_demo_rows
 from snaketune.evaluation import (
     build_prompts,
-    generate,
     rescore_generations,
     summarise,
     validate_result,
 )
 from snaketune.files import write_jsonl
-from snaketune.generation import generate_one_at_a_time
+from snaketune.generation import generate, generate_one_at_a_time
 
 SETTINGS = {"name": "runner", "system_prompt": "Drive the emulator.", "focus_tools": [],
             "train": {"tools_rendered": "all"}}

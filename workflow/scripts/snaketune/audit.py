@@ -24,6 +24,8 @@ from .provenance import (
 )
 from .verify import installed_packages, lock_drift, read_lock, same_version
 
+__all__ = ["Drift", "param_changes", "index_drift_notes", "audit", "format_table", "run_audit"]
+
 KINDS = ("output", "input", "provenance", "params", "code", "lock", "environment")
 # Drifts that Snakemake's own rerun triggers miss (edited outputs, package code, the environment).
 FORCED_KINDS = ("output", "code", "lock", "environment")
@@ -321,6 +323,3 @@ def run_audit(out_json, expected: dict, targets=(), *, records_root, lock_dir, s
     if report["drifts"] and strict:
         raise drift_error(report, out_json)
     return report
-
-
-__all__ = ["Drift", "audit", "run_audit", "format_table", "param_changes"]

@@ -11,6 +11,11 @@ import yaml
 
 from .errors import SnaketuneError, field_path
 
+__all__ = [
+    "TINY_BASE_DIR", "load_schema", "check_config", "deep_merge", "fill_stage_defaults",
+    "specialist_settings", "check_inputs"
+]
+
 SPECIALIST_NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 TINY_BASE_DIR = "results/base/tiny"
 

@@ -21,6 +21,8 @@ from .chat_template import gold_tool_names
 from .errors import SnaketuneError, field_path
 from .files import dumps_json, write_json, write_jsonl
 
+__all__ = ["row_id", "normalise_row", "gold_tools", "load_sources", "split_rows", "prepare_data"]
+
 SCHEMA_DIR = Path(__file__).resolve().parents[3] / "config" / "schemas"
 MAX_LINE_BYTES = 8 * 1024 * 1024
 SPLITS = ("train", "val", "test")

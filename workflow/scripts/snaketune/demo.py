@@ -15,6 +15,8 @@ import string
 from .errors import SnaketuneError
 from .files import write_jsonl
 
+__all__ = ["FAMILIES", "TOOLS", "PHRASINGS", "generate_demo_rows", "write_demo_dataset"]
+
 _HEX_ADDRESS = "^0x[0-9A-F]{6}$"
 _SFC_PATH = r"^[a-z0-9_]+(/[a-z0-9_]+)*\.sfc$"
 

@@ -37,6 +37,13 @@ from .errors import SnaketuneError
 from .files import atomic_path, dumps_json
 from .verify import parse_lock
 
+__all__ = [
+    "VARIANTS", "CATEGORIES", "read_env_file", "satisfying_version", "exact_pin", "merge_requests",
+    "read_env_files", "package_category", "load_settings", "pip_find_links", "compile_inputs",
+    "cuda_packages", "lock_environments", "categorise", "pin_changes", "index_drift", "drift_lines",
+    "write_lock", "main"
+]
+
 VARIANTS = ("cpu", "cuda")
 CATEGORIES = ("training", "data", "export", "tooling", "test")
 # The env file a package is asked by decides its category. When several ask, the first category in

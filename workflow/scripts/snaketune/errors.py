@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+__all__ = ["SnaketuneError", "field_path", "config_error"]
+
 
 class SnaketuneError(Exception):
     """A problem in the user's data, config or environment.

@@ -21,6 +21,11 @@ from .errors import SnaketuneError
 from .files import atomic_path, dumps_json, read_jsonl, sha256_file, sha256_tree, write_json, write_jsonl
 from .generation import generate
 
+__all__ = [
+    "test_subset", "build_prompts", "score_generations", "rescore_generations", "validate_result",
+    "load_for_eval", "evaluate", "summarise"
+]
+
 SCHEMA_PATH = Path(__file__).resolve().parents[3] / "config" / "schemas" / "eval_result.schema.yaml"
 
 
@@ -245,6 +250,3 @@ def summarise(base_paths: dict, tuned_paths: dict, out_json, out_md) -> dict:
     with atomic_path(out_md) as tmp:
         tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return summary
-
-
-__all__ = ["evaluate", "summarise", "rescore_generations", "generate", "build_prompts", "test_subset", "dumps_json"]

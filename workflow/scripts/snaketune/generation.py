@@ -11,6 +11,10 @@ import time
 
 from .chat_template import stop_token_ids
 
+__all__ = [
+    "generate_one_at_a_time", "generate", "generate_left_padded", "DRAFT_TOKENS", "SharedPrefixDecoder"
+]
+
 
 def generate_one_at_a_time(model, tokenizer, prompt_ids: list[list[int]], max_new_tokens: int):
     """The reference: ``model.generate`` greedy on one prompt at a time (no padding, no batching).

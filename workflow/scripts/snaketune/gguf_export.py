@@ -1,15 +1,8 @@
-"""GGUF files for llama.cpp / Ollama: a merged llama, qwen2 or mistral checkpoint (f32, f16, q8_0) and a
-PEFT LoRA adapter alone, written with the ``gguf`` package, each tensor streamed from the safetensors file in
-row blocks (memory holds one block, never a whole tensor or model).
+"""GGUF files for llama.cpp / Ollama: a merged checkpoint (f32, f16, q8_0) or a LoRA adapter alone.
 
-Bytes depend only on the inputs (no time, no paths), so the reproducibility checks can hash them.
-
-Stable API:
-    write_model_gguf(source, out_path, quant, name=None, revision=None, untie=False, template="model") -> dict
-    write_lora_gguf(adapter_dir, base, out_path, name=None, revision=None) -> dict
-    model_spec(model_dir) -> ModelSpec ; tokenizer_metadata(model_dir, vocab_size) -> dict
-    local_model_dir(name_or_path, revision=None) -> Path
-    SUPPORTED_FAMILIES, QUANTS, LORA_ALPHA_KEY
+Llama, Qwen2 and Mistral checkpoints are written with the ``gguf`` package, each tensor streamed from
+the safetensors file in row blocks (memory holds one block, never a whole tensor or model). Bytes
+depend only on the inputs (no time, no paths), so the reproducibility checks can hash them.
 """
 
 from __future__ import annotations
@@ -26,6 +19,11 @@ import numpy as np
 
 from .errors import SnaketuneError
 from .files import atomic_path
+
+__all__ = [
+    "SUPPORTED_FAMILIES", "QUANTS", "LORA_ALPHA_KEY", "QWEN2_REGEX", "LLAMA3_REGEX", "local_model_dir",
+    "model_spec", "encode", "tokenizer_metadata", "write_model_gguf", "write_lora_gguf"
+]
 
 log = logging.getLogger("snaketune.gguf")
 

@@ -31,6 +31,8 @@ from pathlib import Path
 
 from .errors import SnaketuneError, config_error
 
+__all__ = ["DIR_ENV", "COUNT_ENV", "VISIBLE", "gpu_slot"]
+
 log = logging.getLogger(__name__)
 
 DIR_ENV = "SNAKETUNE_GPU_SLOTS_DIR"

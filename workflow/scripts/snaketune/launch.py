@@ -28,6 +28,11 @@ from .errors import SnaketuneError, config_error
 from .ranks import backend, barrier
 from .training import resolve_device, train_adapter
 
+__all__ = [
+    "PACKAGE_PARENT", "process_count", "needs_launcher", "torchrun_command", "child_env",
+    "per_process_threads", "launch_training", "main"
+]
+
 log = logging.getLogger("snaketune.launch")
 
 PACKAGE_PARENT = Path(__file__).resolve().parents[1]  # workflow/scripts: the children import snaketune from here

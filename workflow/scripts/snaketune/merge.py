@@ -1,11 +1,8 @@
-"""Merge a specialist's LoRA adapter into its base: one standalone checkpoint that plain
-``AutoModelForCausalLM`` loads, with the tokenizer, the shared chat template and a generation config.
+"""Merge a specialist's LoRA adapter into its base: one checkpoint that plain transformers loads.
 
-The merge runs in float32 and is checked before it is kept: the saved model, loaded back with plain
+The merged directory holds the tokenizer, the shared chat template and a generation config. The merge
+runs in float32 and is checked before it is kept: the saved model, loaded back with plain
 transformers, must give the logits that base + adapter gave on a probe prompt.
-
-Stable API:
-    merge_adapter(base, adapter_dir, out_dir, revision=None, threads=None, gpus=0) -> dict
 """
 
 from __future__ import annotations
@@ -18,6 +15,8 @@ import numpy as np
 
 from .errors import SnaketuneError
 from .files import atomic_path, dumps_json, sha256_tree
+
+__all__ = ["merge_adapter"]
 
 log = logging.getLogger("snaketune.merge")
 

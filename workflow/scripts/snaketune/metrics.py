@@ -14,6 +14,11 @@ from collections import Counter
 
 from .errors import SnaketuneError
 
+__all__ = [
+    "parse_tool_calls", "gold_calls", "score_example", "aggregate", "targets_report", "text_exact_match",
+    "token_f1", "score_text", "aggregate_text"
+]
+
 OPEN_TAG = "<tool_call>"
 CLOSE_TAG = "</tool_call>"
 

@@ -1,13 +1,4 @@
-"""Base models: load a hub id or a local directory the same way, and build the embedded tiny base.
-
-Stable API (eval and export import these):
-    load_tokenizer(name_or_path, revision=None, trust_remote_code=False) -> tokenizer (shared template attached)
-    load_base_model(name_or_path, revision=None, trust_remote_code=False, dtype="fp32", quantization="none",
-                    device=None) -> model
-    load_base(base_model_cfg, **kw) -> (model, tokenizer)          # base_model_cfg = config["base_model"]
-    base_identity(name_or_path, revision=None) -> {"name_or_path", "revision", "sha256"}
-    build_tiny_base(train_path, out_dir, tiny_cfg) / train_tokenizer(texts, vocab_size)
-"""
+"""Base models: load a hub id or a local directory the same way, and build the embedded tiny base."""
 
 from __future__ import annotations
 
@@ -22,6 +13,12 @@ from .chat_template import (
 )
 from .errors import SnaketuneError
 from .files import atomic_path, read_jsonl, sha256_tree
+
+__all__ = [
+    "looks_local", "check_local_dir", "hub_error", "load_tokenizer", "quantization_config",
+    "load_base_model", "load_base", "read_adapter_config", "base_identity", "readable_tree", "corpus_texts",
+    "train_tokenizer", "tiny_model_config", "build_tiny_base"
+]
 
 log = logging.getLogger("snaketune.modeling")
 

@@ -4,11 +4,6 @@ Checked on the specialist's test prompts: identical token ids from both tokenize
 that stress the pre-tokenizer), last-token logits with an F32 KV cache within the thresholds below,
 base GGUF + LoRA GGUF against the merged model, the same chat template, and the same greedy text.
 A failed check raises after the report is logged; the JSON is written only when everything passed.
-
-Stable API:
-    check_parity(merged_dir, ggufs, test_path, out_json, settings, lora=None, base_gguf=None,
-                 base_quant=None, n_prompts=4, threads=1, new_tokens=16) -> dict
-    THRESHOLDS
 """
 
 from __future__ import annotations
@@ -22,6 +17,8 @@ import numpy as np
 
 from .errors import SnaketuneError
 from .files import read_jsonl, sha256_file, write_json
+
+__all__ = ["THRESHOLDS", "PROBE_TEXTS", "check_parity"]
 
 log = logging.getLogger("snaketune.parity")
 

@@ -30,6 +30,11 @@ from .files import sha256_file, sha256_tree, write_json
 from .gpu_slots import gpu_slot
 from .logs import to_log_file
 
+__all__ = [
+    "record_name", "record_path", "jsonable", "normalised", "find_seeds", "file_hash", "checkout_root",
+    "package_files", "script_path", "git_record", "lock_variant", "lock_file", "rule_step", "read_records"
+]
+
 FORMAT = 1
 PACKAGE_DIR = Path(__file__).resolve().parent
 # Files of the package that count as code (not caches); non-Python files are read by every step.

@@ -14,6 +14,8 @@ from pathlib import Path
 
 from .files import atomic_path, read_json
 
+__all__ = ["write_report_tables"]
+
 METRICS = ("exact_match", "tool_accuracy", "param_f1", "json_valid_rate")
 METRIC_NAMES = {"exact_match": "exact match", "tool_accuracy": "tool accuracy", "param_f1": "param F1",
                 "json_valid_rate": "JSON valid"}

@@ -24,6 +24,12 @@ from .errors import SnaketuneError
 from .files import atomic_path, dumps_json, read_jsonl, sha256_file, write_json
 from .ranks import backend, barrier, gathered_state_dict, rank_and_world
 
+__all__ = [
+    "DETERMINISTIC_FILES", "tokenize_rows", "label_mask_tokens", "resolve_device", "resolve_options",
+    "training_arguments", "lora_config", "length_grouped_sampler", "assistant_head_loss", "trainer_class",
+    "set_threads", "train_adapter"
+]
+
 log = logging.getLogger("snaketune.training")
 
 FINGERPRINT = "fingerprint.json"

@@ -21,6 +21,11 @@ from packaging.version import InvalidVersion, Version
 from .errors import SnaketuneError
 from .files import atomic_path, dumps_json
 
+__all__ = [
+    "Check", "read_lock", "parse_lock", "lock_for_torch", "same_version", "lock_drift",
+    "installed_packages", "gather_facts", "run_checks", "overall", "verify_environment"
+]
+
 GB = 1024**3
 MIN_PYTHON = (3, 10)
 STATUSES = ("pass", "warn", "fail")
