@@ -52,8 +52,8 @@ def generate(model, tokenizer, prompt_ids: list[list[int]], *, batch_size: int, 
     (what followed the same n-gram earlier in the prompt, the output or another row's output), several
     tokens per pass where that pays; a finished row leaves the batch and the next prompt takes its place.
     The outputs are those of ``model.generate`` one prompt at a time, token for token (tests/test_eval.py
-    checks it; the arithmetic differs in the last bits, as batched ``model.generate``'s already did, so an
-    argmax near-tie could in principle go the other way), and the same on every run. A
+    checks it; batched arithmetic differs from one prompt at a time in the last bits, as in any batched
+    decoding, so an argmax near-tie could in principle go the other way), and the same on every run. A
     model it does not fit (encoder-decoder, sliding-window or linear-attention layers, an attention call
     it cannot serve, logits processors in the generation config, ...) goes through ``model.generate`` in
     left-padded batches instead.

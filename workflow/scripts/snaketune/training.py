@@ -1,8 +1,8 @@
 """The train stage: one LoRA (or QLoRA) adapter per specialist with TRL's SFTTrainer, resumable and reproducible.
 
 ``train_adapter`` is what the rule runs. It selects the specialist's examples, tokenizes them with the
-shared chat template (assistant-only labels), trains from the base with PEFT, checkpoints into
-``results/checkpoints/{specialist}/`` (resuming when the inputs and settings are the same), and writes
+shared chat template (assistant-only labels), trains from the base with PEFT, checkpoints into the
+rule's checkpoint directory (resuming when the inputs and settings are the same), and writes
 the adapter directory atomically: adapter weights and config, tokenizer + template,
 ``specialist_config.json``, ``train_metrics.json``, TensorBoard events and ``loss_curve.png``.
 """
@@ -136,7 +136,7 @@ def training_arguments(settings: dict, options: dict, output_dir) -> dict:
         "padding_free": options["packing"],
         "bf16": options["dtype"] == "bf16",
         "fp16": options["dtype"] == "fp16",
-        "activation_checkpointing": options["gradient_checkpointing"],  # the new name of gradient_checkpointing
+        "activation_checkpointing": options["gradient_checkpointing"],  # transformers' name for gradient checkpointing
         "train_sampling_strategy": "group_by_length" if train.get("group_by_length", True) else "random",
         "deepspeed": train.get("deepspeed") or None,
         "seed": int(train["seed"]),
