@@ -35,7 +35,8 @@ GENERATION_PROMPT = "<|im_start|>assistant\n"
 # Tokens the template writes: special (never in user text, stripped by skip_special_tokens) and plain
 # added tokens that stay visible in decoded text (the metrics parser looks for <tool_call>).
 SPECIAL_TOKENS = [PAD_TOKEN, START_OF_TURN, END_OF_TURN]
-TEMPLATE_TOKENS = ["<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>", "<tools>", "</tools>"]
+TEMPLATE_TOKENS = ["<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>", "<tools>",
+                   "</tools>"]
 
 TOOLS_RENDERED = ("all", "compact", "called")
 # What ``compact`` keeps of a parameter's JSON Schema: its type and its allowed values.
@@ -89,7 +90,8 @@ def compact_tool(tool: dict) -> dict:
     slim["parameters"] = {
         "type": params.get("type", "object"),
         "properties": {key: {k: v for k, v in spec.items() if k in COMPACT_PARAMETER_KEYS}
-                       if isinstance(spec, dict) else {}  # a boolean JSON Schema (true: anything) says nothing
+                       # a boolean JSON Schema (true: anything) says nothing
+                       if isinstance(spec, dict) else {}
                        for key, spec in (params.get("properties") or {}).items()},
         "required": list(params.get("required") or []),
     }

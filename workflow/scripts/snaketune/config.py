@@ -77,7 +77,8 @@ def schema_errors(config: dict, schema: dict, config_path: str) -> None:
 def check_config(config: dict, schema: dict, config_path: str) -> None:
     """Checks with messages a user can act on, run before Snakemake's validate()."""
     for key, suggestion in unknown_keys(config, schema):
-        fix = f"did you mean '{suggestion}'?" if suggestion else "remove it (config/README.md lists every key)"
+        fix = (f"did you mean '{suggestion}'?" if suggestion
+               else "remove it (config/README.md lists every key)")
         raise SnaketuneError(config_path, "unknown config key", field=key, fix=fix)
     specialists = config.get("specialists") or {}
     if not isinstance(specialists, dict) or not specialists:
@@ -123,7 +124,8 @@ def fill_stage_defaults(config: dict, schema: dict) -> dict:
 def specialist_settings(config: dict, name: str) -> dict:
     """The specialist's settings over config['defaults'] (deep merge), plus its name."""
     spec = config["specialists"][name] or {}
-    merged = deep_merge(config.get("defaults", {}), {k: spec[k] for k in ("lora", "train", "resources") if k in spec})
+    merged = deep_merge(config.get("defaults", {}),
+                        {k: spec[k] for k in ("lora", "train", "resources") if k in spec})
     merged["name"] = name
     merged["system_prompt"] = spec.get("system_prompt", "")
     merged["focus_tools"] = list(spec.get("focus_tools", []))
@@ -135,11 +137,12 @@ def check_inputs(config: dict, config_path: str) -> None:
     for i, source in enumerate(config["data"]["sources"]):
         if not Path(source["path"]).is_file():
             raise SnaketuneError(config_path, f"data source {source['path']!r} does not exist",
-                                 field=f"data.sources[{i}].path", fix="fix the path (relative to the working directory)")
+                                 field=f"data.sources[{i}].path",
+                                 fix="fix the path (relative to the working directory)")
     name = config["base_model"]["name_or_path"]
     if name.rstrip("/") == TINY_BASE_DIR:
         return
-    from .modeling import looks_local, check_local_dir
+    from .modeling import check_local_dir, looks_local
 
     if not looks_local(name):
         return  # a hub id: checked when it is loaded
@@ -151,6 +154,8 @@ def check_inputs(config: dict, config_path: str) -> None:
 
         model_type = json.loads((model_dir / "config.json").read_text(encoding="utf-8")).get("model_type")
         if model_type not in SUPPORTED_FAMILIES:
-            raise SnaketuneError(config_path, f"base model architecture {model_type!r} cannot be exported to GGUF",
+            raise SnaketuneError(config_path,
+                                 f"base model architecture {model_type!r} cannot be exported to GGUF",
                                  field="base_model.name_or_path",
-                                 fix=f"use a {', '.join(SUPPORTED_FAMILIES)} model or set export.enabled: false")
+                                 fix=f"use a {', '.join(SUPPORTED_FAMILIES)} model "
+                                     "or set export.enabled: false")

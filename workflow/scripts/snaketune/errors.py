@@ -44,6 +44,7 @@ def field_path(parts) -> str:
     return out
 
 
-def config_error(key: str, problem: str, fix: str | None = None, *, config_path: str | None) -> SnaketuneError:
+def config_error(key: str, problem: str, fix: str | None = None, *,
+                 config_path: str | None) -> SnaketuneError:
     """An error about a config key (the key path is the 'field') in the config file ``config_path``."""
     return SnaketuneError(config_path, problem, field=key, fix=fix)

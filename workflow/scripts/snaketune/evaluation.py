@@ -16,9 +16,17 @@ import jsonschema
 import yaml
 
 from . import metrics
-from .chat_template import apply_template, attach_template, prompt_tools_rendered, specialist_chat, specialist_rows, split_prompt, stop_token_ids
+from .chat_template import (
+    apply_template,
+    attach_template,
+    prompt_tools_rendered,
+    specialist_chat,
+    specialist_rows,
+    split_prompt,
+    stop_token_ids,
+)
 from .errors import SnaketuneError
-from .files import atomic_path, dumps_json, read_jsonl, sha256_file, sha256_tree, write_json, write_jsonl
+from .files import atomic_path, read_jsonl, sha256_file, sha256_tree, write_json, write_jsonl
 from .generation import generate
 
 __all__ = [
@@ -45,7 +53,8 @@ def build_prompts(tokenizer, rows, settings) -> list[dict]:
     Every tool of the row is shown, as training showed them (``all`` or ``compact``); ``called`` would
     list only the gold answer's tools and so leak the answer into the prompt: eval shows all instead.
     """
-    settings = {**settings, "train": {**settings.get("train", {}), "tools_rendered": prompt_tools_rendered(settings)}}
+    train = {**settings.get("train", {}), "tools_rendered": prompt_tools_rendered(settings)}
+    settings = {**settings, "train": train}
     prompts = []
     for row in rows:
         messages, tools = specialist_chat(row, settings)
@@ -121,17 +130,21 @@ def model_fingerprint(base_cfg: dict) -> str:
     from .modeling import base_identity
 
     ident = base_identity(base_cfg["name_or_path"], base_cfg.get("revision"))
-    return f"sha256:{ident['sha256']}" if ident["sha256"] else f"{ident['name_or_path']}@{ident['revision'] or 'unpinned'}"
+    if ident["sha256"]:
+        return f"sha256:{ident['sha256']}"
+    return f"{ident['name_or_path']}@{ident['revision'] or 'unpinned'}"
 
 
 def validate_result(result: dict) -> None:
     schema = yaml.safe_load(SCHEMA_PATH.read_text(encoding="utf-8"))
     err = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(result))
     if err is not None:  # our own bug, not the user's: fail loudly before anything is written
-        raise RuntimeError(f"eval result breaks {SCHEMA_PATH.name}: {'/'.join(map(str, err.absolute_path))}: {err.message}")
+        where = "/".join(map(str, err.absolute_path))
+        raise RuntimeError(f"eval result breaks {SCHEMA_PATH.name}: {where}: {err.message}")
 
 
-def load_for_eval(base_cfg: dict, adapter_dir=None, threads: int | None = None, *, config_path: str | None = None):
+def load_for_eval(base_cfg: dict, adapter_dir=None, threads: int | None = None, *,
+                  config_path: str | None = None):
     """(model, tokenizer) in eval mode: the base (``base_model`` of the config file ``config_path``), or the
     base with the adapter merged in."""
     import torch
@@ -163,8 +176,8 @@ def evaluate(*, base_cfg: dict, test_path, settings: dict, eval_cfg: dict, out_j
     prompts = build_prompts(tokenizer, rows, settings)
     started = time.perf_counter()
     outputs, n_generated = generate(model, tokenizer, [p["ids"] for p in prompts],
-                                    batch_size=eval_cfg["batch_size"], max_new_tokens=eval_cfg["max_new_tokens"],
-                                    progress=progress)
+                                    batch_size=eval_cfg["batch_size"],
+                                    max_new_tokens=eval_cfg["max_new_tokens"], progress=progress)
     seconds = time.perf_counter() - started
     records = []
     for prompt, out_ids in zip(prompts, outputs):
@@ -195,7 +208,8 @@ def evaluate(*, base_cfg: dict, test_path, settings: dict, eval_cfg: dict, out_j
         "targets": scores["targets"],
         "targets_met": all(t["passed"] for t in scores["targets"].values()) if scores["targets"] else False,
         "generation": {"batch_size": eval_cfg["batch_size"], "max_new_tokens": eval_cfg["max_new_tokens"],
-                       "decoding": "greedy", "stop_tokens": tokenizer.convert_ids_to_tokens(stop_token_ids(tokenizer)),
+                       "decoding": "greedy",
+                       "stop_tokens": tokenizer.convert_ids_to_tokens(stop_token_ids(tokenizer)),
                        "generated_tokens": n_generated, "system_prompt": settings.get("system_prompt", ""),
                        "tools_rendered": prompt_tools_rendered(settings)},
         "hashes": {"base_model": model_fingerprint(base_cfg),
@@ -218,7 +232,8 @@ def evaluate(*, base_cfg: dict, test_path, settings: dict, eval_cfg: dict, out_j
 
 # ---------------------------------------------------------------- summary
 
-SUMMARY_METRICS = ("exact_match", "tool_accuracy", "param_precision", "param_recall", "param_f1", "json_valid_rate")
+SUMMARY_METRICS = ("exact_match", "tool_accuracy", "param_precision", "param_recall", "param_f1",
+                   "json_valid_rate")
 
 
 def summarise(base_paths: dict, tuned_paths: dict, out_json, out_md) -> dict:
@@ -242,7 +257,8 @@ def summarise(base_paths: dict, tuned_paths: dict, out_json, out_md) -> dict:
              "|---|---|" + "---|" * len(SUMMARY_METRICS) + "---|"]
     fmt = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
     for row in rows:
-        cells = [f"{fmt(m['base'])} → {fmt(m['tuned'])} ({'+' if (m['delta'] or 0) >= 0 else ''}{fmt(m['delta'])})"
+        cells = [f"{fmt(m['base'])} → {fmt(m['tuned'])} "
+                 f"({'+' if (m['delta'] or 0) >= 0 else ''}{fmt(m['delta'])})"
                  for m in row["metrics"].values()]
         lines.append(f"| {row['specialist']} | {row['n_examples']} | " + " | ".join(cells)
                      + f" | {'yes' if row['targets_met'] else 'no'} |")

@@ -1,4 +1,4 @@
-"""Greedy generation for the eval stage: fast batched decoding that equals ``model.generate`` one prompt at a time.
+"""Greedy generation for the eval stage: batched decoding that equals ``model.generate`` one prompt at a time.
 
 ``generate`` is what eval (and the benchmarks) call; ``generate_one_at_a_time`` is the plain reference it
 must equal token for token (tests/test_eval.py) and the baseline of bench/eval_throughput.py.
@@ -7,7 +7,6 @@ must equal token for token (tests/test_eval.py) and the baseline of bench/eval_t
 from __future__ import annotations
 
 import functools
-import time
 
 from .chat_template import stop_token_ids
 
@@ -79,7 +78,8 @@ def generate(model, tokenizer, prompt_ids: list[list[int]], *, batch_size: int, 
     rest = [i for i in order if i not in results]
     for start in range(0, len(rest), batch_size):
         batch = rest[start:start + batch_size]
-        for i, new in zip(batch, generate_left_padded(model, [prompt_ids[i] for i in batch], stops, pad, max_new_tokens)):
+        outputs = generate_left_padded(model, [prompt_ids[i] for i in batch], stops, pad, max_new_tokens)
+        for i, new in zip(batch, outputs):
             results[i] = new
         bar.update(len(batch))
     bar.close()
@@ -132,18 +132,21 @@ _SHARED_SCORES_MAX_QUERIES = 8  # query tokens per row up to which the prefix's 
 _NEUTRAL_GENERATION = {"repetition_penalty": (None, 1.0), "encoder_repetition_penalty": (None, 1.0),
                        "no_repeat_ngram_size": (None, 0), "encoder_no_repeat_ngram_size": (None, 0),
                        "bad_words_ids": (None,), "suppress_tokens": (None,), "begin_suppress_tokens": (None,),
-                       "forced_bos_token_id": (None,), "forced_eos_token_id": (None,), "sequence_bias": (None,),
+                       "forced_bos_token_id": (None,), "forced_eos_token_id": (None,),
+                       "sequence_bias": (None,),
                        "min_length": (None, 0), "min_new_tokens": (None, 0), "guidance_scale": (None, 1.0),
                        "exponential_decay_length_penalty": (None,), "watermarking_config": (None,)}
 # attention arguments the shared-prefix attention does not implement
-_ATTENTION_EXTRAS = ("position_bias", "alibi", "s_aux", "sinks", "softcap", "sliding_window", "attention_chunk_size")
+_ATTENTION_EXTRAS = ("position_bias", "alibi", "s_aux", "sinks", "softcap", "sliding_window",
+                     "attention_chunk_size")
 
 
 class _PrefixState:
     """What one forward pass hands to ``_prefix_attention`` through the model's attention kwargs."""
 
     def __init__(self, prefix, mask):
-        self.prefix = prefix  # per layer (keys, values) of the shared prefix, each [1, kv_heads, P, dim]; or None
+        # per layer (keys, values) of the shared prefix, each [1, kv_heads, P, dim]; or None
+        self.prefix = prefix
         self.mask = mask  # [rows, 1, queries, columns]: additive float mask over the rows' own columns
         self.calls = 0
 
@@ -179,13 +182,15 @@ def _prefix_attention(module, query, key, value, attention_mask, scaling=None, d
             p_keys, p_values = state.prefix[module.layer_idx]
             key = torch.cat([p_keys.expand(rows, -1, -1, -1), key], dim=2)
             value = torch.cat([p_values.expand(rows, -1, -1, -1), value], dim=2)
-            mask = torch.cat([mask.new_zeros(rows, 1, q, p_keys.shape[2]), mask.expand(rows, 1, q, n)], dim=-1)
+            mask = torch.cat([mask.new_zeros(rows, 1, q, p_keys.shape[2]), mask.expand(rows, 1, q, n)],
+                             dim=-1)
         out = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scale,
                                                                enable_gqa=group > 1)
         return out.transpose(1, 2).contiguous(), None
     p_keys, p_values = state.prefix[module.layer_idx]
     p_len = p_keys.shape[2]
-    grouped = (query * scale).reshape(rows, kv_heads, group * q, dim)  # the query heads of one kv head together
+    # the query heads of one kv head together
+    grouped = (query * scale).reshape(rows, kv_heads, group * q, dim)
     own = torch.matmul(grouped, key.transpose(2, 3)).view(rows, kv_heads, group, q, n)
     own = own.add_(attention_mask.unsqueeze(2)).view(rows, kv_heads, group * q, n)
     flat = grouped.transpose(0, 1).reshape(kv_heads, rows * group * q, dim)
@@ -222,7 +227,8 @@ class _OwnColumnsStore:
         self.dtype, self.device = key_states.dtype, key_states.device
         rows = max(self.row_capacity, key_states.shape[0])
         self._keys = key_states.new_zeros((rows, key_states.shape[1], self.capacity, key_states.shape[3]))
-        self._values = value_states.new_zeros((rows, value_states.shape[1], self.capacity, value_states.shape[3]))
+        self._values = value_states.new_zeros((rows, value_states.shape[1], self.capacity,
+                                               value_states.shape[3]))
         self.rows = key_states.shape[0]
         self.is_initialized = True
 
@@ -279,7 +285,8 @@ class _OwnColumnsStore:
             self.length = end
         first, last = self.rows, self.rows + keys.shape[0]
         if last > self._keys.shape[0]:  # more rows than planned
-            self._keys, self._values = (torch.cat([store, store.new_zeros((last - len(store),) + store.shape[1:])])
+            self._keys, self._values = (torch.cat([store,
+                                                   store.new_zeros((last - len(store),) + store.shape[1:])])
                                         for store in (self._keys, self._values))
         for store, part in ((self._keys, keys), (self._values, values)):
             store[first:last, :, :end - part.shape[2]] = 0
@@ -476,7 +483,8 @@ class SharedPrefixDecoder:
         cache = self._new_cache(width)
         state = _PrefixState(prefix, mask.to(self.device))
         logits = self._forward(input_ids=ids.to(self.device), position_ids=positions.to(self.device),
-                               attention_mask=state.mask, past_key_values=cache, snaketune_prefix=state, keep=1)
+                               attention_mask=state.mask, past_key_values=cache, snaketune_prefix=state,
+                               keep=1)
         if state.calls != len(cache.layers) or any(layer.length != width for layer in cache.layers):
             raise _Unsupported("the model's layers did not all go through the shared-prefix attention")
         return cache, valid, logits[:, -1].argmax(-1).tolist()
@@ -556,9 +564,10 @@ class _Drafter:
         if len(seq) > prompt_len + 1:
             _index_newest(self.pool, seq, (seq, len(seq) - 1))
 
-    def drafts(self, live: list[int], seqs: dict, rooms: list[int]) -> tuple[list[list[int]], list[list[int]]]:
-        """(proposals, drafts): each live row's proposal, and the drafts one pass verifies (cut to one length)."""
-        proposals = [_draft(seqs[i], self.own[i], self.pool, self.shared, room) for i, room in zip(live, rooms)]
+    def drafts(self, live: list[int], seqs: dict, rooms: list[int]) -> tuple[list[list[int]], list]:
+        """(proposals, drafts): each live row's proposal, and the drafts one pass verifies (one length)."""
+        proposals = [_draft(seqs[i], self.own[i], self.pool, self.shared, room)
+                     for i, room in zip(live, rooms)]
         k = _draft_length(proposals, [self.hit_rate[i] for i in live])
         return proposals, [p[:k] for p in proposals]
 
@@ -580,9 +589,11 @@ class _Batch:
     """
 
     def __init__(self, decoder: SharedPrefixDecoder, prompt_ids, order, batch_size: int, drafter: _Drafter):
-        self.decoder, self.prompt_ids, self.batch_size, self.drafter = decoder, prompt_ids, batch_size, drafter
+        self.decoder, self.prompt_ids, self.drafter = decoder, prompt_ids, drafter
+        self.batch_size = batch_size
         self.pending = list(reversed(order))  # pop() takes the next prompt
-        self.reserve = None  # prefilled prompts waiting for a free row: [cache, valid, first tokens, prompt indices]
+        # prefilled prompts waiting for a free row: [cache, valid, first tokens, prompt indices]
+        self.reserve = None
         self.live: list[int] = []  # prompt indices of the rows being decoded, in the cache's row order
         self.verified: list[list[int]] = []  # per live row: the tokens the last pass confirmed, to take in
         self.seqs: dict[int, list[int]] = {}  # per prompt: prompt + output so far
@@ -702,7 +713,8 @@ class _Batch:
             pos_rows.append(list(range(last, last + n_real)) + [last + n_real - 1] * (q - n_real))
         causal = self.valid.new_zeros((q, used + q))
         causal[:, used:] = torch.full((q, q), neg).triu(1)  # a draft sees the ones before it
-        return torch.tensor(step_rows), torch.tensor(pos_rows), self.valid[:rows, None, None, :used + q] + causal
+        mask = self.valid[:rows, None, None, :used + q] + causal
+        return torch.tensor(step_rows), torch.tensor(pos_rows), mask
 
     def accept(self, guesses: list[list[int]], drafts: list[list[int]], q: int) -> None:
         """Verified: the leading drafts the model itself chose, then its own next token; the other slots

@@ -56,11 +56,12 @@ def _gguf():
 # --- where the weights are -----------------------------------------------------------------------
 
 def local_model_dir(name_or_path, revision=None, *, config_path: str | None = None) -> Path:
-    """A local directory holding the checkpoint: the path itself, or its hub snapshot (config, tokenizer, weights).
+    """A local directory holding the checkpoint: the path itself, or its hub snapshot (config, tokenizer,
+    weights).
 
     ``config_path``: the config file that names the checkpoint (the base), for errors about it.
     """
-    from .modeling import hub_error, looks_local, check_local_dir
+    from .modeling import check_local_dir, hub_error, looks_local
 
     name = str(name_or_path)
     if looks_local(name):
@@ -352,7 +353,8 @@ def gguf_tensor_name(hf_name: str, spec: ModelSpec, path=None) -> str:
 
 
 def tensor_type(shape, quant: str):
-    """f32 for vectors; Q8_0 only where rows are whole 32-blocks (f16 otherwise), as llama.cpp's converter does."""
+    """f32 for vectors; Q8_0 only where rows are whole 32-blocks (f16 otherwise), as llama.cpp's converter
+    does."""
     q = _gguf().GGMLQuantizationType
     if len(shape) == 1 or quant == "f32":
         return q.F32
@@ -439,11 +441,13 @@ def tokenizer_metadata(model_dir, vocab_size: int) -> dict:
     model = tok_json.get("model") or {}
     if model.get("type") != "BPE" or model.get("byte_fallback"):
         kind = "SentencePiece-style BPE" if model.get("byte_fallback") else model.get("type")
-        raise SnaketuneError(path, f"a {kind} tokenizer is not supported by the GGUF writer", field="model.type",
+        raise SnaketuneError(path, f"a {kind} tokenizer is not supported by the GGUF writer",
+                             field="model.type",
                              fix="use a base with a byte-level BPE tokenizer (Qwen2.5, Llama 3.x)")
     normalizer = (tok_json.get("normalizer") or {}).get("type")
     if normalizer not in (None, "NFC"):
-        raise SnaketuneError(path, f"normalizer {normalizer!r} has no llama.cpp equivalent", field="normalizer",
+        raise SnaketuneError(path, f"normalizer {normalizer!r} has no llama.cpp equivalent",
+                             field="normalizer",
                              fix="use a byte-level BPE tokenizer without a normalizer (or NFC)")
     pre = pre_tokenizer_name(tok_json, path)
 
@@ -468,8 +472,9 @@ def tokenizer_metadata(model_dir, vocab_size: int) -> dict:
     start = full.index(plain[0]) if plain and plain[0] in full else 0
     add_bos, add_eos = start > 0, len(full) > start + len(plain)
     if full[start:start + len(plain)] != plain or start > 1 or len(full) - start - len(plain) > 1:
-        raise SnaketuneError(path, f"the tokenizer adds {full} around {plain}; only one BOS / EOS is supported",
-                             field="post_processor", fix="use a tokenizer that adds at most BOS and EOS")
+        raise SnaketuneError(path, f"the tokenizer adds {full} around {plain}; only one BOS / EOS is "
+                             "supported", field="post_processor",
+                             fix="use a tokenizer that adds at most BOS and EOS")
     special_ids = {kind: getattr(hf, f"{kind}_token_id", None) for kind in ("bos", "eos", "pad", "unk")}
     if add_bos:
         special_ids["bos"] = full[0]
@@ -522,7 +527,8 @@ class PlannedTensor:
             raise AssertionError(f"{self.name}: planned {self.shape}, loaded {rows} rows")
 
 
-def checkpoint_tensor(name: str, weights: SafetensorsDir, hf_name: str, qtype, spec: ModelSpec) -> PlannedTensor:
+def checkpoint_tensor(name: str, weights: SafetensorsDir, hf_name: str, qtype,
+                      spec: ModelSpec) -> PlannedTensor:
     """A checkpoint tensor streamed in blocks of whole rows (whole heads where llama's q/k permutation
     reorders rows within each head), so memory holds one block, never the tensor."""
     shape = weights.shape(hf_name)
@@ -550,7 +556,8 @@ def stream_gguf(out_path, arch: str, kv, tensors: list[PlannedTensor]) -> int:
         writer = gguf.GGUFWriter(None, arch)
         kv(writer)
         for t in tensors:
-            writer.add_tensor_info(t.name, t.shape, np.dtype(np.float32), nbytes(t.shape, t.qtype), raw_dtype=t.qtype)
+            writer.add_tensor_info(t.name, t.shape, np.dtype(np.float32), nbytes(t.shape, t.qtype),
+                                   raw_dtype=t.qtype)
         writer.write_header_to_file(path=tmp)
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
@@ -613,14 +620,15 @@ def write_model_gguf(source, out_path, quant: str, name: str | None = None, revi
                                          tensor_type(weights.shape(hf_name), quant), spec))
     if (spec.tied and untie) or (not spec.tied and "lm_head.weight" not in weights):
         if not spec.tied:
-            log.warning("no lm_head.weight although tie_word_embeddings is false: writing the embeddings as output")
+            log.warning("no lm_head.weight although tie_word_embeddings is false: "
+                        "writing the embeddings as output")
         embed = "model.embed_tokens.weight"
-        planned.append(checkpoint_tensor("output.weight", weights, embed, tensor_type(weights.shape(embed), quant),
-                                         spec))
+        planned.append(checkpoint_tensor("output.weight", weights, embed,
+                                         tensor_type(weights.shape(embed), quant), spec))
     if spec.rope["rope_type"] == "llama3":
         factors = llama3_rope_factors(spec)
-        planned.append(PlannedTensor(gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight", factors.shape,
-                                     gguf.GGMLQuantizationType.F32, load=lambda: factors))
+        planned.append(PlannedTensor(gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight",
+                                     factors.shape, gguf.GGMLQuantizationType.F32, load=lambda: factors))
 
     file_type = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
                  "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[quant]
@@ -684,15 +692,7 @@ def write_lora_gguf(adapter_dir, base, out_path, name: str | None = None, revisi
     adapter = SafetensorsDir(adapter_dir / "adapter_model.safetensors")
     base_weights = SafetensorsDir(base_dir)
 
-    modules: dict[str, dict[str, str]] = {}
-    for key in adapter.names():
-        module, part = _peft_module(key)
-        if part == "full" and not key.endswith(".weight") or "lora_magnitude" in key:
-            raise SnaketuneError(adapter_dir / "adapter_model.safetensors", f"unexpected tensor {key!r}",
-                                 field=key, fix="export supports LoRA A/B pairs and whole embed / lm_head modules")
-        modules.setdefault(module, {})[part] = key
-
-    r_default, alpha_default = acfg.get("r", 8), acfg.get("lora_alpha", 8)
+    modules = _adapter_modules(adapter, adapter_dir)
     planned: list[PlannedTensor] = []
     summary = {"lora": 0, "full": 0}
     for module in sorted(modules, key=lambda m: _order(m + ".weight")):
@@ -702,32 +702,9 @@ def write_lora_gguf(adapter_dir, base, out_path, name: str | None = None, revisi
         if "full" in parts:
             summary["full"] += 1
             planned.extend(_full_delta_pair(target, hf_name, parts["full"], adapter, base_weights, spec))
-            continue
-        a_key = parts.get("lora_A") or parts.get("lora_embedding_A")
-        b_key = parts.get("lora_B") or parts.get("lora_embedding_B")
-        if not a_key or not b_key:
-            raise SnaketuneError(adapter_dir, f"{module} has only one of lora_A / lora_B", field=module,
-                                 fix="re-save the adapter")
-        rank = adapter.shape(a_key)[0]
-        r = _pattern_value(acfg.get("rank_pattern"), module, r_default)
-        alpha = _pattern_value(acfg.get("alpha_pattern"), module, alpha_default)
-        scale = alpha / math.sqrt(r) if acfg.get("use_rslora") else alpha / r
-        if rank != r:
-            log.warning("%s: rank %d in the weights, %d in the config; using the config's scaling", module, rank, r)
-        summary["lora"] += 1
-        if "lora_embedding_A" in parts:
-            # embeddings: llama.cpp gathers rows of A (vocab x r) and multiplies by B (hidden x r)
-            a_shape, b_shape = adapter.shape(a_key)[::-1], adapter.shape(b_key)
-            planned.append(PlannedTensor(target + ".lora_a", a_shape, gguf.GGMLQuantizationType.F32,
-                                         lambda k=a_key: adapter.get(k).T))
-            planned.append(PlannedTensor(target + ".lora_b", b_shape, gguf.GGMLQuantizationType.F32,
-                                         lambda k=b_key, s=scale: adapter.get(k) * s))
-            continue
-        planned.append(PlannedTensor(target + ".lora_a", adapter.shape(a_key), gguf.GGMLQuantizationType.F32,
-                                     lambda k=a_key: adapter.get(k)))
-        # B's rows are the weight's rows, so they take the same q/k permutation as the weight
-        planned.append(PlannedTensor(target + ".lora_b", adapter.shape(b_key), gguf.GGMLQuantizationType.F32,
-                                     lambda k=b_key, n=hf_name, s=scale: to_gguf_layout(n, adapter.get(k) * s, spec)))
+        else:
+            summary["lora"] += 1
+            planned.extend(_lora_pair(module, parts, target, adapter, acfg, spec, adapter_dir))
 
     def kv(writer):
         writer.add_type(gguf.GGUFType.ADAPTER)
@@ -741,6 +718,48 @@ def write_lora_gguf(adapter_dir, base, out_path, name: str | None = None, revisi
     return {"path": str(out_path), "arch": spec.arch, "tensors": len(planned), "bytes": size, **summary}
 
 
+def _adapter_modules(adapter: SafetensorsDir, adapter_dir: Path) -> dict[str, dict[str, str]]:
+    """{module: {part: tensor name}} of a PEFT adapter's tensors (lora_A / lora_B / ... or full)."""
+    modules: dict[str, dict[str, str]] = {}
+    for key in adapter.names():
+        module, part = _peft_module(key)
+        if part == "full" and not key.endswith(".weight") or "lora_magnitude" in key:
+            raise SnaketuneError(adapter_dir / "adapter_model.safetensors", f"unexpected tensor {key!r}",
+                                 field=key,
+                                 fix="export supports LoRA A/B pairs and whole embed / lm_head modules")
+        modules.setdefault(module, {})[part] = key
+    return modules
+
+
+def _lora_pair(module: str, parts: dict, target: str, adapter: SafetensorsDir, acfg: dict, spec: ModelSpec,
+               adapter_dir: Path) -> list[PlannedTensor]:
+    """A module's LoRA A / B as GGUF tensors, PEFT's scaling folded into B."""
+    f32 = _gguf().GGMLQuantizationType.F32
+    hf_name = module + ".weight"
+    a_key = parts.get("lora_A") or parts.get("lora_embedding_A")
+    b_key = parts.get("lora_B") or parts.get("lora_embedding_B")
+    if not a_key or not b_key:
+        raise SnaketuneError(adapter_dir, f"{module} has only one of lora_A / lora_B", field=module,
+                             fix="re-save the adapter")
+    rank = adapter.shape(a_key)[0]
+    r = _pattern_value(acfg.get("rank_pattern"), module, acfg.get("r", 8))
+    alpha = _pattern_value(acfg.get("alpha_pattern"), module, acfg.get("lora_alpha", 8))
+    scale = alpha / math.sqrt(r) if acfg.get("use_rslora") else alpha / r
+    if rank != r:
+        log.warning("%s: rank %d in the weights, %d in the config; using the config's scaling",
+                    module, rank, r)
+    if "lora_embedding_A" in parts:
+        # embeddings: llama.cpp gathers rows of A (vocab x r) and multiplies by B (hidden x r)
+        return [PlannedTensor(target + ".lora_a", adapter.shape(a_key)[::-1], f32,
+                              lambda: adapter.get(a_key).T),
+                PlannedTensor(target + ".lora_b", adapter.shape(b_key), f32,
+                              lambda: adapter.get(b_key) * scale)]
+    # B's rows are the weight's rows, so they take the same q/k permutation as the weight
+    return [PlannedTensor(target + ".lora_a", adapter.shape(a_key), f32, lambda: adapter.get(a_key)),
+            PlannedTensor(target + ".lora_b", adapter.shape(b_key), f32,
+                          lambda: to_gguf_layout(hf_name, adapter.get(b_key) * scale, spec))]
+
+
 def _full_delta_pair(target: str, hf_name: str, key: str, adapter, base_weights, spec) -> list[PlannedTensor]:
     """A module saved whole as an exact LoRA pair: the difference from the base and an identity."""
     gguf = _gguf()
@@ -748,7 +767,8 @@ def _full_delta_pair(target: str, hf_name: str, key: str, adapter, base_weights,
     if base_name not in base_weights and hf_name == "lm_head.weight" and spec.tied:
         base_name = "model.embed_tokens.weight"
     if base_name not in base_weights:
-        raise SnaketuneError(base_weights.path, f"the adapter replaces {hf_name} but the base has no such tensor",
+        raise SnaketuneError(base_weights.path,
+                             f"the adapter replaces {hf_name} but the base has no such tensor",
                              field=hf_name, fix="export the adapter against the base it was trained on")
     rows, cols = adapter.shape(key)
 
@@ -761,4 +781,5 @@ def _full_delta_pair(target: str, hf_name: str, key: str, adapter, base_weights,
         return [PlannedTensor(target + ".lora_a", (rows, cols), f32, delta),
                 PlannedTensor(target + ".lora_b", (cols, cols), f32, lambda: np.eye(cols, dtype=np.float32))]
     return [PlannedTensor(target + ".lora_a", (cols, cols), f32, lambda: np.eye(cols, dtype=np.float32)),
-            PlannedTensor(target + ".lora_b", (rows, cols), f32, lambda: to_gguf_layout(hf_name, delta(), spec))]
+            PlannedTensor(target + ".lora_b", (rows, cols), f32,
+                          lambda: to_gguf_layout(hf_name, delta(), spec))]

@@ -141,7 +141,8 @@ def gpu_slot(n, *, directory=None, poll_seconds: float = 0.5, timeout: float | N
                      os.environ["SLURM_JOB_ID"], VISIBLE, ",".join(given))
         else:
             log.warning("GPU slot: SLURM job %s asks for %d GPU(s) but SLURM set no %s; "
-                        "request them with the gpu resource (profiles/slurm)", os.environ["SLURM_JOB_ID"], n, VISIBLE)
+                        "request them with the gpu resource (profiles/slurm)", os.environ["SLURM_JOB_ID"], n,
+                        VISIBLE)
         yield given
         return
 

@@ -35,7 +35,8 @@ __all__ = [
 
 log = logging.getLogger("snaketune.launch")
 
-PACKAGE_PARENT = Path(__file__).resolve().parents[1]  # workflow/scripts: the children import snaketune from here
+# workflow/scripts: the children import snaketune from here
+PACKAGE_PARENT = Path(__file__).resolve().parents[1]
 ERROR_FILE = "error.rank{rank}.json"
 MODULES_FILE = "modules.rank0.json"
 LOG_FORMAT = "%(asctime)s %(levelname)s [rank {rank}] %(name)s: %(message)s"
@@ -173,7 +174,7 @@ def _cuda_usable() -> bool:
 
 
 def launch_training(devices=(), **kwargs) -> dict:
-    """Rule train's step: ``train_adapter(**kwargs)`` here, or as n torchrun processes (see the module doc)."""
+    """Rule train's step: ``train_adapter(**kwargs)`` here, or as n torchrun processes (module doc)."""
     n = process_count(kwargs["settings"], devices, cuda=bool(devices) and _cuda_usable(),
                       config_path=kwargs["config_path"])
     if not needs_launcher(n, kwargs["settings"]):
@@ -202,7 +203,8 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     spec = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
     rank = int(os.environ.get("RANK", 0))
-    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT.format(rank=rank), stream=sys.stderr, force=True)
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT.format(rank=rank), stream=sys.stderr,
+                        force=True)
     try:
         rank, world, name = _init_process_group(spec["kwargs"])
         log.info("distributed: world size %d, rank %d, backend %s, %d thread(s) per process",

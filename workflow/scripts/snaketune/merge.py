@@ -125,6 +125,6 @@ def merge_adapter(base, adapter_dir, out_dir, revision=None, threads: int | None
                                  f"(max |diff| {diff:.3g}, cosine {cosine:.6f})",
                                  fix="check that the adapter was trained on this base (adapter_config.json)")
         (tmp / REPORT).write_text(dumps_json(report), encoding="utf-8")
-    log.info("merged %s into %s (%s%s): %s", adapter_dir, base, dtype, ", untied embeddings" if untied else "",
-             out_dir)
+    log.info("merged %s into %s (%s%s): %s", adapter_dir, base, dtype,
+             ", untied embeddings" if untied else "", out_dir)
     return report

@@ -19,7 +19,7 @@ __all__ = [
     "CHATML_TOOLS_TEMPLATE", "ollama_template", "end_of_turn_tokens", "modelfile_text", "write_modelfile"
 ]
 
-# The Go twin of chat_template.jinja (ChatML + Qwen2.5-style tools), in the shape of Ollama's qwen2.5 template.
+# The Go twin of chat_template.jinja (ChatML + Qwen2.5-style tools), shaped like Ollama's qwen2.5 template.
 CHATML_TOOLS_TEMPLATE = '''{{- if .Messages }}
 {{- if or .System .Tools }}<|im_start|>system
 {{ if .System }}{{ .System }}{{ if .Tools }}
@@ -69,7 +69,7 @@ For each function call, return a json object with function name and arguments wi
 {{ end }}{{ if .Prompt }}<|im_start|>user
 {{ .Prompt }}<|im_end|>
 {{ end }}<|im_start|>assistant
-{{ end }}{{ .Response }}{{ if .Response }}<|im_end|>{{ end }}'''
+{{ end }}{{ .Response }}{{ if .Response }}<|im_end|>{{ end }}'''  # noqa: E501 (the template's own lines)
 
 
 def ollama_template(chat_template: str | None, path=None) -> str:

@@ -9,7 +9,13 @@ import re
 from pathlib import Path
 
 from .chat_template import (
-    CHAT_TEMPLATE, END_OF_TURN, PAD_TOKEN, SPECIAL_TOKENS, TEMPLATE_TOKENS, apply_template, build_messages,
+    CHAT_TEMPLATE,
+    END_OF_TURN,
+    PAD_TOKEN,
+    SPECIAL_TOKENS,
+    TEMPLATE_TOKENS,
+    apply_template,
+    build_messages,
 )
 from .errors import SnaketuneError
 from .files import atomic_path, read_jsonl, sha256_tree
@@ -51,15 +57,17 @@ def check_local_dir(path, *, config_path: str | None = None) -> Path:
                              fix="point it at a local model directory (with config.json and *.safetensors), "
                                  "a hub id, or results/base/tiny")
     if not (path / "config.json").is_file():
-        raise SnaketuneError(path, "is not a model directory (no config.json)", field="base_model.name_or_path",
+        raise SnaketuneError(path, "is not a model directory (no config.json)",
+                             field="base_model.name_or_path",
                              fix="point it at a directory written by save_pretrained")
     if not any(path.glob("*.safetensors")):
         pickles = sorted(p.name for p in path.glob("*.bin")) + sorted(p.name for p in path.glob("*.pt"))
         problem = (f"holds only pickled weights ({', '.join(pickles[:3])}); snaketune loads safetensors only"
                    if pickles else "holds no *.safetensors weights")
         raise SnaketuneError(path, problem, field="base_model.name_or_path",
-                             fix="convert the weights once with save_pretrained(..., safe_serialization=True) "
-                                 "in a trusted environment, or use a hub revision that ships safetensors")
+                             fix="convert the weights once with save_pretrained(..., "
+                                 "safe_serialization=True) in a trusted environment, or use a hub revision "
+                                 "that ships safetensors")
     return path
 
 
@@ -80,7 +88,8 @@ def _source(name_or_path: str, config_path: str | None) -> tuple[str, bool]:
     return name, False
 
 
-def load_tokenizer(name_or_path, revision=None, trust_remote_code: bool = False, *, config_path: str | None = None):
+def load_tokenizer(name_or_path, revision=None, trust_remote_code: bool = False, *,
+                   config_path: str | None = None):
     """The base's tokenizer with the shared chat template attached and a pad token set.
 
     ``config_path``: the config file naming the base, for errors about ``base_model``.
@@ -96,7 +105,8 @@ def load_tokenizer(name_or_path, revision=None, trust_remote_code: bool = False,
     except (OSError, ValueError) as err:
         if local:
             raise SnaketuneError(source, f"cannot load the tokenizer: {err}", field="base_model.name_or_path",
-                                 fix="save the tokenizer into the model directory (tokenizer.save_pretrained)")
+                                 fix="save the tokenizer into the model directory "
+                                     "(tokenizer.save_pretrained)")
         raise hub_error(source, revision, err, config_path=config_path) from err
     tokenizer.chat_template = CHAT_TEMPLATE
     if tokenizer.pad_token is None:
@@ -124,16 +134,19 @@ def quantization_config(quantization: str, compute_dtype: str = "fp32", *, confi
     except Exception as err:  # ImportError, or a broken native library
         raise SnaketuneError(config_path, f"quantization {quantization} needs bitsandbytes, which cannot be "
                              f"imported here ({type(err).__name__}: {err})", field=field,
-                             fix="pip install bitsandbytes (envs/train.yaml), or set quantization: none") from err
+                             fix="pip install bitsandbytes (envs/train.yaml), "
+                                 "or set quantization: none") from err
     import torch
     from transformers import BitsAndBytesConfig
 
     if quantization == "4bit":
-        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                  bnb_4bit_use_double_quant=True,
                                   bnb_4bit_compute_dtype=torch_dtype(compute_dtype))
     if quantization == "8bit":
         if not torch.cuda.is_available():
-            raise SnaketuneError(config_path, "8-bit (LLM.int8) training needs a CUDA GPU; this machine has none",
+            raise SnaketuneError(config_path,
+                                 "8-bit (LLM.int8) training needs a CUDA GPU; this machine has none",
                                  field=field, fix="use quantization: 4bit or none on CPU")
         return BitsAndBytesConfig(load_in_8bit=True)
     raise SnaketuneError(config_path, f"unknown quantization {quantization!r}", field=field,
@@ -141,8 +154,8 @@ def quantization_config(quantization: str, compute_dtype: str = "fp32", *, confi
 
 
 def load_base_model(name_or_path, revision=None, trust_remote_code: bool = False, dtype: str = "fp32",
-                    quantization: str = "none", device: str | None = None, attn_implementation: str | None = None,
-                    *, config_path: str | None = None):
+                    quantization: str = "none", device: str | None = None,
+                    attn_implementation: str | None = None, *, config_path: str | None = None):
     """The base as AutoModelForCausalLM from safetensors (hub id or local directory, the same code).
 
     ``config_path``: the config file naming the base and its quantization, for errors about them.
@@ -165,11 +178,14 @@ def load_base_model(name_or_path, revision=None, trust_remote_code: bool = False
         raise
     except (OSError, ValueError, RuntimeError) as err:
         if qconfig is not None and not isinstance(err, OSError):
-            raise SnaketuneError(config_path, f"bitsandbytes cannot load the base in {quantization} here: {err}",
-                                 field="train.quantization", fix="use quantization: none on this machine") from err
+            raise SnaketuneError(config_path,
+                                 f"bitsandbytes cannot load the base in {quantization} here: {err}",
+                                 field="train.quantization",
+                                 fix="use quantization: none on this machine") from err
         if local:
             raise SnaketuneError(source, f"cannot load the model: {err}", field="base_model.name_or_path",
-                                 fix="check that the directory was written by save_pretrained with safetensors")
+                                 fix="check that the directory was written by save_pretrained "
+                                     "with safetensors")
         raise hub_error(source, revision, err, config_path=config_path) from err
     if device and qconfig is None:
         model.to(device)
@@ -205,7 +221,8 @@ def load_base(base_cfg: dict, *, config_path: str | None = None, **kwargs):
 
 
 def read_adapter_config(adapter_dir) -> tuple[Path, dict]:
-    """(path, contents) of a PEFT adapter directory's adapter_config.json; a clear error when it is missing."""
+    """(path, contents) of a PEFT adapter directory's adapter_config.json; a clear error when it is
+    missing."""
     cfg_path = Path(adapter_dir) / "adapter_config.json"
     if not cfg_path.is_file():
         raise SnaketuneError(cfg_path, "not found: not a PEFT adapter directory",
@@ -239,7 +256,8 @@ _TOKEN_RE = re.compile("|".join(re.escape(t) for t in sorted(SPECIAL_TOKENS + TE
 
 
 def corpus_texts(rows) -> list[str]:
-    """The texts the tiny tokenizer learns from: every row rendered with the template, template tokens cut out."""
+    """The texts the tiny tokenizer learns from: every row rendered with the template, template tokens cut
+    out."""
     texts = []
     for row in rows:
         messages, tools = build_messages(row, "", "all")
@@ -283,12 +301,14 @@ def tiny_model_config(tiny_cfg: dict, tokenizer, *, config_path: str):
     heads, kv = int(tiny_cfg.get("num_heads", 4)), int(tiny_cfg.get("num_kv_heads", 2))
     hidden = int(tiny_cfg.get("hidden_size", 128))
     if hidden % heads or heads % kv:
-        raise SnaketuneError(config_path, f"hidden_size {hidden}, num_heads {heads} and num_kv_heads {kv} do not "
+        raise SnaketuneError(config_path,
+                             f"hidden_size {hidden}, num_heads {heads} and num_kv_heads {kv} do not "
                              "divide", field="tiny_base", fix="make hidden_size a multiple of num_heads and "
                                                              "num_heads a multiple of num_kv_heads")
     common = dict(
         vocab_size=vocab, hidden_size=hidden, intermediate_size=int(tiny_cfg.get("intermediate_size", 352)),
-        num_hidden_layers=int(tiny_cfg.get("num_layers", 2)), num_attention_heads=heads, num_key_value_heads=kv,
+        num_hidden_layers=int(tiny_cfg.get("num_layers", 2)), num_attention_heads=heads,
+        num_key_value_heads=kv,
         max_position_embeddings=int(tiny_cfg.get("max_position_embeddings", 2048)), tie_word_embeddings=False,
         bos_token_id=None, eos_token_id=tokenizer.convert_tokens_to_ids(END_OF_TURN),
         pad_token_id=tokenizer.convert_tokens_to_ids(PAD_TOKEN), initializer_range=0.02, rms_norm_eps=1e-6,
@@ -308,19 +328,21 @@ def build_tiny_base(train_path, out_dir, tiny_cfg: dict, *, config_path: str) ->
 
     rows = read_jsonl(train_path)
     if not rows:
-        raise SnaketuneError(train_path, "the training split is empty", fix="add data or lower the split ratios")
+        raise SnaketuneError(train_path, "the training split is empty",
+                             fix="add data or lower the split ratios")
     tokenizer = train_tokenizer(corpus_texts(rows), int(tiny_cfg.get("vocab_size", 2048)))
     config = tiny_model_config(tiny_cfg, tokenizer, config_path=config_path)
     torch.manual_seed(int(tiny_cfg.get("seed", 42)))
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model.generation_config = GenerationConfig(eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id,
-                                               do_sample=False)
+    model.generation_config = GenerationConfig(eos_token_id=config.eos_token_id,
+                                               pad_token_id=config.pad_token_id, do_sample=False)
     with atomic_path(out_dir, directory=True) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         (tmp / "tiny_base.json").write_text(json.dumps({
             "architecture": tiny_cfg.get("architecture", "qwen2"), "parameters": model.num_parameters(),
-            "tokenizer_size": len(tokenizer), "train_rows": len(rows), **{k: tiny_cfg[k] for k in sorted(tiny_cfg)},
+            "tokenizer_size": len(tokenizer), "train_rows": len(rows),
+            **{k: tiny_cfg[k] for k in sorted(tiny_cfg)},
         }, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         readable_tree(tmp)
     log.info("tiny base: %s, %d parameters, %d tokens, written to %s", config.model_type,

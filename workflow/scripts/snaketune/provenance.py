@@ -82,7 +82,8 @@ def find_seeds(params, prefix: str = "params") -> dict:
     if isinstance(params, dict):
         for key, value in params.items():
             path = f"{prefix}.{key}"
-            if (key == "seed" or key.endswith("_seed")) and isinstance(value, int) and not isinstance(value, bool):
+            is_seed = key == "seed" or key.endswith("_seed")
+            if is_seed and isinstance(value, int) and not isinstance(value, bool):
                 seeds[path] = value
             else:
                 seeds.update(find_seeds(value, path))
@@ -175,8 +176,8 @@ def code_record(script=None) -> dict:
     """Entry script + the whole package: hashes per file, which package files the step imported."""
     script = Path(script).resolve() if script else script_path()
     files = package_files()
-    record = {"package": {"path": "workflow/scripts/snaketune", "sha256": combined_hash(files), "files": files,
-                          "imported": imported_package_files()}}
+    record = {"package": {"path": "workflow/scripts/snaketune", "sha256": combined_hash(files),
+                          "files": files, "imported": imported_package_files()}}
     if script is not None and script.is_file():
         record["script"] = {"path": script_label(script), "sha256": sha256_file(script)}
     both = {"script": record.get("script", {}).get("sha256", ""), "package": record["package"]["sha256"]}
@@ -222,7 +223,8 @@ def canonical_name(name: str) -> str:
 
 
 def installed_versions() -> dict:
-    """{canonical name: version} of the installed distributions; the first on sys.path wins, as for imports."""
+    """{canonical name: version} of the installed distributions; the first on sys.path wins, as for
+    imports."""
     out = {}
     for dist in importlib.metadata.distributions():
         name = dist.metadata.get("Name")
@@ -239,7 +241,8 @@ def loaded_distributions() -> set[str]:
 
 
 def environment_record(lock_dir) -> dict:
-    """Python, Snakemake, the packages this step loaded, and the committed lock (in ``lock_dir``) they match."""
+    """Python, Snakemake, the packages this step loaded, and the committed lock (in ``lock_dir``) they
+    match."""
     installed = installed_versions()
     variant = lock_variant(installed)
     lock = lock_file(variant, lock_dir)
@@ -247,7 +250,8 @@ def environment_record(lock_dir) -> dict:
     return {
         "python": platform.python_version(),
         "snakemake": installed.get("snakemake"),
-        "lock": {"variant": variant, "path": lock.as_posix(), "sha256": sha256_file(lock) if lock.is_file() else None},
+        "lock": {"variant": variant, "path": lock.as_posix(),
+                 "sha256": sha256_file(lock) if lock.is_file() else None},
         "packages": {name: installed[name] for name in sorted(loaded) if name in installed},
     }
 
@@ -262,7 +266,8 @@ def _cpu_model() -> str:
 
 def device_record() -> dict:
     """CPU model, and the GPUs / CUDA version where the step had torch loaded (never imports torch itself)."""
-    record = {"cpu": _cpu_model(), "cpus": os.cpu_count(), "platform": f"{platform.system()} {platform.machine()}",
+    record = {"cpu": _cpu_model(), "cpus": os.cpu_count(),
+              "platform": f"{platform.system()} {platform.machine()}",
               "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "cuda": None, "gpus": []}
     torch = sys.modules.get("torch")
     if torch is not None:
@@ -310,7 +315,8 @@ def build_record(smk, started: str, seconds: float, script=None) -> dict:
 
 
 def provenance_settings(smk) -> dict:
-    """The rule's ``provenance`` param: ``{"records": records directory, "locks": committed locks directory}``."""
+    """The rule's ``provenance`` param: ``{"records": records directory, "locks": committed locks
+    directory}``."""
     settings = smk.params.get("provenance")
     if not isinstance(settings, dict) or not {"records", "locks"} <= settings.keys():
         raise RuntimeError(f"rule {smk.rule} gives no provenance param with records and locks directories "

@@ -65,7 +65,8 @@ def eval_rows(summary: dict) -> list[list[str]]:
             sign = "+" if (delta or 0) >= 0 else ""
             cells.append(f"{_num(m.get('base'))} → {_num(m.get('tuned'))}"
                          + (f" ({sign}{_num(delta)})" if delta is not None else ""))
-        rows.append([row["specialist"], str(row["n_examples"]), *cells, "yes" if row["targets_met"] else "no"])
+        rows.append([row["specialist"], str(row["n_examples"]), *cells,
+                     "yes" if row["targets_met"] else "no"])
     return rows
 
 

@@ -1,4 +1,4 @@
-"""The train stage: one LoRA (or QLoRA) adapter per specialist with TRL's SFTTrainer, resumable and reproducible.
+"""The train stage: one LoRA (or QLoRA) adapter per specialist with TRL's SFTTrainer, resumable, reproducible.
 
 ``train_adapter`` is what the rule runs. It selects the specialist's examples, tokenizes them with the
 shared chat template (assistant-only labels), trains from the base with PEFT, checkpoints into the
@@ -55,8 +55,8 @@ def tokenize_rows(rows, tokenizer, settings: dict, source=None) -> tuple[list[di
         enc = encode_chat(tokenizer, messages, tools)
         ids, mask = enc["input_ids"], enc["assistant_masks"]
         if not any(mask):
-            raise SnaketuneError(source, f"row {row.get('id', index)} has an empty loss mask: the chat template "
-                                 "marks no assistant tokens", field="messages",
+            raise SnaketuneError(source, f"row {row.get('id', index)} has an empty loss mask: the chat "
+                                 "template marks no assistant tokens", field="messages",
                                  fix="end every row with an assistant message (content or tool_calls)")
         if len(ids) > max_len:
             skipped.append(str(row.get("id", index)))
@@ -136,7 +136,8 @@ def training_arguments(settings: dict, options: dict, output_dir) -> dict:
         "padding_free": options["packing"],
         "bf16": options["dtype"] == "bf16",
         "fp16": options["dtype"] == "fp16",
-        "activation_checkpointing": options["gradient_checkpointing"],  # transformers' name for gradient checkpointing
+        # transformers' name for gradient checkpointing
+        "activation_checkpointing": options["gradient_checkpointing"],
         "train_sampling_strategy": "group_by_length" if train.get("group_by_length", True) else "random",
         "deepspeed": train.get("deepspeed") or None,
         "seed": int(train["seed"]),
@@ -241,11 +242,12 @@ def write_tensorboard(log_history, out_dir) -> None:
         writer.write(Event(wall_time=0.0, step=0, file_version="brain.Event:2").SerializeToString())
         for entry in log_history:
             step = int(entry.get("step", 0))
-            values = [Summary.Value(tag=f"{'eval' if k.startswith('eval_') else 'train'}/{k.removeprefix('eval_')}",
-                                    simple_value=float(v))
+            values = [Summary.Value(tag=f"{'eval' if k.startswith('eval_') else 'train'}/"
+                                        f"{k.removeprefix('eval_')}", simple_value=float(v))
                       for k, v in sorted(entry.items())
-                      if k not in ("step", "epoch") and isinstance(v, (int, float)) and not k.endswith("_runtime")
-                      and not k.endswith("_per_second") and k not in ("total_flos", "train_runtime")]
+                      if k not in ("step", "epoch") and isinstance(v, (int, float))
+                      and not k.endswith("_runtime") and not k.endswith("_per_second")
+                      and k not in ("total_flos", "train_runtime")]
             if values:
                 event = Event(wall_time=float(step), step=step, summary=Summary(value=values))
                 writer.write(event.SerializeToString())
@@ -317,7 +319,8 @@ def length_grouped_sampler(lengths, batch_size: int, seed: int, chunk_batches: i
             chunk = batch_size * chunk_batches
             order = []
             for start in range(0, len(perm), chunk):
-                part = sorted(perm[start:start + chunk], key=lambda i: -lengths[i])  # stable: ties keep perm order
+                # stable: ties keep perm order
+                part = sorted(perm[start:start + chunk], key=lambda i: -lengths[i])
                 batches = [part[b:b + batch_size] for b in range(0, len(part), batch_size)]
                 for k in torch.randperm(len(batches), generator=gen).tolist():
                     order.extend(batches[k])
@@ -334,7 +337,8 @@ def _assistant_head_applies(model, inputs, return_outputs: bool, args) -> bool:
     if isinstance(model, torch.nn.parallel.DistributedDataParallel) or getattr(model, "is_quantized", False):
         return False
     causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return hasattr(causal_lm, "model") and hasattr(causal_lm, "lm_head") and not getattr(causal_lm, "is_quantized", False)
+    return (hasattr(causal_lm, "model") and hasattr(causal_lm, "lm_head")
+            and not getattr(causal_lm, "is_quantized", False))
 
 
 def assistant_head_loss(trainer, model, inputs, num_items_in_batch=None):
@@ -400,7 +404,8 @@ def trainer_class():
 
         def _get_train_sampler(self, train_dataset=None):
             dataset = train_dataset if train_dataset is not None else self.train_dataset
-            if self.args.train_sampling_strategy != "group_by_length" or "input_ids" not in dataset.column_names:
+            grouped = self.args.train_sampling_strategy == "group_by_length"
+            if not grouped or "input_ids" not in dataset.column_names:
                 return super()._get_train_sampler(train_dataset)
             lengths = [len(ids) for ids in dataset["input_ids"]]
             return length_grouped_sampler(lengths, self.args.per_device_train_batch_size, self.args.seed)
@@ -455,8 +460,8 @@ class TrainingRun:
         return bool(self.base_cfg.get("trust_remote_code", False))
 
 
-def train_adapter(base_dir, train_path, val_path, out_dir, settings: dict, checkpoint_dir, *, config_path: str,
-                  base_cfg: dict | None = None, threads: int = 1, gpus: int | None = None,
+def train_adapter(base_dir, train_path, val_path, out_dir, settings: dict, checkpoint_dir, *,
+                  config_path: str, base_cfg: dict | None = None, threads: int = 1, gpus: int | None = None,
                   timing_path=None) -> dict:
     """Train one specialist's adapter into ``out_dir`` (atomically); returns train_metrics.
 
@@ -510,7 +515,8 @@ def load_examples(run: TrainingRun, train_path, val_path) -> None:
     from .modeling import load_tokenizer
 
     settings, name = run.settings, run.name
-    run.tokenizer = load_tokenizer(run.base_name, run.revision, run.trust_remote_code, config_path=run.config_path)
+    run.tokenizer = load_tokenizer(run.base_name, run.revision, run.trust_remote_code,
+                                   config_path=run.config_path)
     run.train_rows = specialist_rows(read_jsonl(train_path), settings["focus_tools"])
     val_rows = specialist_rows(read_jsonl(val_path), settings["focus_tools"]) if val_path else []
     if not run.train_rows:
@@ -542,12 +548,14 @@ def find_checkpoint(run: TrainingRun, train_path, val_path) -> None:
     resume = resumable_checkpoint(run.checkpoint_dir, run.fingerprint) if run.rank == 0 else None
     if run.world_size > 1:  # the others look once rank 0 has kept or reset the directory
         barrier()
-        resume = resume if run.rank == 0 else resumable_checkpoint(run.checkpoint_dir, run.fingerprint, reset=False)
+        if run.rank != 0:
+            resume = resumable_checkpoint(run.checkpoint_dir, run.fingerprint, reset=False)
     run.resume = resume
     if resume is not None:
         log.info("resuming from checkpoint %s (same inputs and params)", resume)
     else:
-        log.info("no checkpoint for these inputs and params in %s: training from the start", run.checkpoint_dir)
+        log.info("no checkpoint for these inputs and params in %s: training from the start",
+                 run.checkpoint_dir)
 
 
 def build_trainer(run: TrainingRun):
@@ -566,11 +574,13 @@ def build_trainer(run: TrainingRun):
     model = load_base_model(run.base_name, run.revision, run.trust_remote_code, dtype=options["dtype"],
                             quantization=options["quantization"],
                             device=device if options["quantization"] != "none" else None,
-                            attn_implementation="flash_attention_2" if flash else None, config_path=run.config_path)
+                            attn_implementation="flash_attention_2" if flash else None,
+                            config_path=run.config_path)
     if options["quantization"] != "none":
         from peft import prepare_model_for_kbit_training
 
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=options["gradient_checkpointing"])
+        model = prepare_model_for_kbit_training(model,
+                                                use_gradient_checkpointing=options["gradient_checkpointing"])
     peft_config = lora_config(run.settings)
     args = training_arguments(run.settings, options, run.checkpoint_dir)
     if run.world_size > 1:
@@ -591,7 +601,8 @@ def check_deepspeed(config_file, config_path: str) -> None:
         import deepspeed  # noqa: F401
     except ImportError as err:
         raise SnaketuneError(config_path, "a DeepSpeed config is set but deepspeed is not installed",
-                             field="train.deepspeed", fix="pip install deepspeed, or set deepspeed: null") from err
+                             field="train.deepspeed",
+                             fix="pip install deepspeed, or set deepspeed: null") from err
     if not Path(config_file).is_file():
         raise SnaketuneError(config_file, "DeepSpeed config file not found", field="train.deepspeed",
                              fix="point train.deepspeed at a JSON file")
@@ -607,7 +618,8 @@ def fit(trainer, run: TrainingRun) -> tuple[float, float, float | None]:
 
 
 # What varies run to run (speed, memory, a resume) goes beside the adapter, so its bytes are reproducible.
-TIMING_KEYS = ("tokens_per_second", "wall_time_s", "cpu_time_s", "peak_memory_mb", "resumed_from_step", "threads")
+TIMING_KEYS = ("tokens_per_second", "wall_time_s", "cpu_time_s", "peak_memory_mb", "resumed_from_step",
+               "threads")
 
 
 def train_metrics(run: TrainingRun, trainer, args: dict, wall: float, cpu: float, eval_loss) -> dict:
@@ -682,16 +694,18 @@ def save_adapter(run: TrainingRun, trainer, metrics: dict, spec_config: dict, ou
     losses = [(e["step"], e["loss"]) for e in metrics["loss"]]
     with atomic_path(out_dir, directory=True) as tmp:
         # The base's vocabulary is never resized here, so the base embedding is not part of the adapter.
-        trainer.model.save_pretrained(tmp, safe_serialization=True, save_embedding_layers=False, state_dict=state_dict)
+        trainer.model.save_pretrained(tmp, safe_serialization=True, save_embedding_layers=False,
+                                      state_dict=state_dict)
         run.tokenizer.save_pretrained(tmp)
         (tmp / "README.md").unlink(missing_ok=True)  # PEFT's model card template; specialist_config says more
         (tmp / "specialist_config.json").write_text(dumps_json(spec_config), encoding="utf-8")
         (tmp / "train_metrics.json").write_text(dumps_json(saved_metrics), encoding="utf-8")
         write_tensorboard(history, tmp / "runs")
-        plot_loss_curve(losses, metrics["eval_loss"], tmp / "loss_curve.png", f"{run.name}: LoRA training loss")
+        plot_loss_curve(losses, metrics["eval_loss"], tmp / "loss_curve.png",
+                        f"{run.name}: LoRA training loss")
         readable_tree(tmp)
     if timing_path is not None:
         write_json(timing_path, timing)
     log.info("%s: %d steps in %.1f s, final loss %s, val loss %s; adapter in %s", run.name,
-             trainer.state.global_step, metrics["wall_time_s"], metrics["final_train_loss"], metrics["eval_loss"],
-             out_dir)
+             trainer.state.global_step, metrics["wall_time_s"], metrics["final_train_loss"],
+             metrics["eval_loss"], out_dir)

@@ -173,8 +173,10 @@ def gather_facts(data_paths=(), workdir=".") -> dict:
 # ---------------------------------------------------------------- checks
 
 
-def run_checks(facts: dict, lock: dict | None, settings: dict | None = None, lock_path: str = "the lock") -> list:
-    """Judge the facts: one Check per question (``CHECKS``), each pass / warn / fail with its reason and fix."""
+def run_checks(facts: dict, lock: dict | None, settings: dict | None = None,
+               lock_path: str = "the lock") -> list:
+    """Judge the facts: one Check per question (``CHECKS``), each pass / warn / fail with its reason and
+    fix."""
     settings = {**DEFAULT_SETTINGS, **(settings or {})}
     return [check(facts, lock, settings, lock_path) for check in CHECKS]
 
@@ -231,8 +233,10 @@ def check_gpus(facts: dict, lock: dict | None, settings: dict, lock_path: str) -
         return Check("gpus", "pass", "none (CPU)" if not torch.get("mps") else "Apple GPU (MPS)")
     small = [g for g in gpus if g["memory_gb"] < 8]
     listing = ", ".join(f"{g['name']} {g['memory_gb']:.1f} GB" for g in gpus)
-    return Check("gpus", "warn" if small else "pass", listing,
-                 "a 1.5B model needs about 8 GB: set train.quantization: 4bit or a smaller base" if small else "")
+    if not small:
+        return Check("gpus", "pass", listing)
+    return Check("gpus", "warn", listing,
+                 "a 1.5B model needs about 8 GB: set train.quantization: 4bit or a smaller base")
 
 
 def check_bf16(facts: dict, lock: dict | None, settings: dict, lock_path: str) -> Check:
@@ -240,7 +244,7 @@ def check_bf16(facts: dict, lock: dict | None, settings: dict, lock_path: str) -
     if not torch.get("installed"):
         return Check("bf16", "fail", "unknown: torch is missing", _install(lock_path))
     if torch.get("bf16"):
-        return Check("bf16", "pass", "bf16 supported" + (" on the GPU" if torch.get("cuda") else " on the CPU"))
+        return Check("bf16", "pass", "bf16 supported on the " + ("GPU" if torch.get("cuda") else "CPU"))
     return Check("bf16", "warn", "no bf16 here: training falls back to fp16/fp32 (more memory)",
                  "use an Ampere or newer GPU for bf16")
 
@@ -314,11 +318,13 @@ def overall(checks) -> str:
 
 def format_table(checks) -> str:
     """A fixed-width table for the log: check, status, detail, fix."""
-    rows = [("check", "status", "detail", "fix")] + [(c.name, c.status.upper(), c.detail, c.fix) for c in checks]
+    rows = [("check", "status", "detail", "fix")]
+    rows += [(c.name, c.status.upper(), c.detail, c.fix) for c in checks]
     widths = [max(len(r[i]) for r in rows) for i in range(2)]
     lines = []
     for i, (name, status, detail, fix) in enumerate(rows):
-        lines.append(f"{name:<{widths[0]}}  {status:<{widths[1]}}  {detail}" + (f"  -> {fix}" if fix and i else ""))
+        arrow = f"  -> {fix}" if fix and i else ""
+        lines.append(f"{name:<{widths[0]}}  {status:<{widths[1]}}  {detail}{arrow}")
         if i == 0:
             lines.append("-" * (widths[0] + widths[1] + 4 + 40))
     return "\n".join(lines)
@@ -343,7 +349,8 @@ def fail_error(checks) -> SnaketuneError:
     first = fails[0]
     problem = "; ".join(f"{c.name}: {c.detail}" for c in fails)
     fix = "; ".join(f"{c.name}: {c.fix}" for c in fails if c.fix)
-    return SnaketuneError(first.path or "environment", f"{len(fails)} check(s) failed: {problem}", field="verify", fix=fix)
+    return SnaketuneError(first.path or "environment", f"{len(fails)} check(s) failed: {problem}",
+                          field="verify", fix=fix)
 
 
 def verify_environment(locks: dict, data_paths, out_json, settings=None, *, facts=None) -> dict:
