@@ -93,15 +93,15 @@ def demo_workspace(config: dict, root=DEFAULT_WORKDIR) -> Path:
     if (base / "config.json").is_file() and (data / "test.jsonl").is_file():
         return work
     demo = config["data"]["demo"]
-    write_demo_dataset(data / "raw.jsonl", int(demo["rows"]), int(demo["seed"]))
+    write_demo_dataset(data / "raw.jsonl", int(demo["rows"]), int(demo["seed"]), config_path=str(CONFIG_PATH))
     split = config["data"]["split"]
     prepare_data({str(data / "raw.jsonl"): "chat"},
                  {name: str(data / f"{name}.jsonl") for name in ("train", "val", "test")}
                  | {"stats": str(data / "split_stats.json"), "rejected": str(data / "rejected.jsonl")},
                  ratios={k: split[k] for k in ("train", "val", "test")}, seed=int(split["seed"]),
-                 specialists=shape["focus"])
+                 specialists=shape["focus"], config_path=str(CONFIG_PATH))
     print()
-    build_tiny_base(data / "train.jsonl", base, dict(config["tiny_base"]))
+    build_tiny_base(data / "train.jsonl", base, dict(config["tiny_base"]), config_path=str(CONFIG_PATH))
     return work
 
 

@@ -57,7 +57,7 @@ def hf_batched(model, tokenizer, prompts, batch_size: int, max_new: int):
     outputs, generated = [None] * len(prompts), 0
     for start in range(0, len(order), batch_size):
         batch = order[start:start + batch_size]
-        for i, new in zip(batch, generation._generate_hf(model, [prompts[i] for i in batch], stops, pad, max_new)):
+        for i, new in zip(batch, generation.generate_left_padded(model, [prompts[i] for i in batch], stops, pad, max_new)):
             cut = next((k for k, tok in enumerate(new) if tok in stops), len(new))
             outputs[i] = new[:cut]
             generated += min(cut + 1, len(new))
@@ -69,7 +69,7 @@ def decoder_stats(sink: dict, draft_tokens: int | None = None):
     """Run ``generate`` with its decoder's counters copied into ``sink`` (and, if given, a draft limit)."""
     from snaketune import generation
 
-    original_for_model, original_drafts = generation._SharedPrefixDecoder.for_model, generation._DRAFT_TOKENS
+    original_for_model, original_drafts = generation.SharedPrefixDecoder.for_model, generation.DRAFT_TOKENS
     decoders = []
 
     def for_model(*args, **kwargs):
@@ -77,14 +77,14 @@ def decoder_stats(sink: dict, draft_tokens: int | None = None):
         decoders.append(decoder)
         return decoder
 
-    generation._SharedPrefixDecoder.for_model = for_model
+    generation.SharedPrefixDecoder.for_model = for_model
     if draft_tokens is not None:
-        generation._DRAFT_TOKENS = draft_tokens
+        generation.DRAFT_TOKENS = draft_tokens
     try:
         yield
     finally:
-        generation._SharedPrefixDecoder.for_model = original_for_model
-        generation._DRAFT_TOKENS = original_drafts
+        generation.SharedPrefixDecoder.for_model = original_for_model
+        generation.DRAFT_TOKENS = original_drafts
         sink.clear()
         sink["fast_path"] = bool(decoders) and decoders[-1] is not None
         if sink["fast_path"]:

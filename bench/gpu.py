@@ -129,7 +129,7 @@ def run_variant(name: str, model_dir: Path, ws: Path, args) -> dict:
     from snaketune.chat_template import build_messages
     from snaketune.files import read_jsonl
     from snaketune.modeling import load_base_model, load_tokenizer
-    from snaketune.training import _trainer_class, lora_config, tokenize_rows, training_arguments
+    from snaketune.training import trainer_class, lora_config, tokenize_rows, training_arguments
 
     quant, gc, packing, liger, batch, accum, reference = VARIANTS[name]
     cuda = torch.cuda.is_available()  # False only under --cpu-smoke
@@ -186,7 +186,7 @@ def run_variant(name: str, model_dir: Path, ws: Path, args) -> dict:
         kwargs = training_arguments(settings, options, out_dir)
         kwargs.update(save_strategy="no", logging_steps=5, disable_tqdm=True, use_liger_kernel=liger)
         sft = SFTConfig(**kwargs)
-        trainer_cls = _trainer_class()
+        trainer_cls = trainer_class()
 
     counts = shape_counts(QWEN25_7B if cuda else tiny_shape(model_dir))
     state = {"tokens": 0, "seq_lengths": [], "t0": None, "timing": False}

@@ -66,7 +66,7 @@ class QualityProbe:
 
     def __call__(self, model) -> dict:
         from snaketune import metrics
-        from snaketune.evaluation import generate
+        from snaketune.generation import generate
 
         was_training = model.training
         model.eval()
@@ -253,13 +253,14 @@ def run_ours(run: Run, ws: Path, settings: dict, base_cfg: dict, threads: int, a
     train = settings["train"]
     out = args.run_dir / "ours"
     shutil.rmtree(out, ignore_errors=True)  # no checkpoint to resume from
-    original = training._trainer_class
-    training._trainer_class = lambda: counting(original(), run)
+    original = training.trainer_class
+    training.trainer_class = lambda: counting(original(), run)
     try:
         metrics = training.train_adapter(ws / "base", ws / "data/train.jsonl", ws / "data/val.jsonl", out / "adapter",
-                                         settings, out / "checkpoints", base_cfg=base_cfg, threads=threads, gpus=0)
+                                         settings, out / "checkpoints", base_cfg=base_cfg, threads=threads, gpus=0,
+                                         config_path="config/config.yaml")
     finally:
-        training._trainer_class = original
+        training.trainer_class = original
     result = run.summary()
     result["settings"] = {k: train.get(k) for k in ("batch_size", "grad_accum", "lr", "warmup_ratio", "epochs",
                                                     "max_steps")} | {
@@ -325,7 +326,7 @@ def run_bare(run: Run, ws: Path, settings: dict, threads: int, args) -> dict:
     from snaketune.chat_template import specialist_rows
     from snaketune.files import read_jsonl
     from snaketune.modeling import load_base_model, load_tokenizer
-    from snaketune.training import _length_grouped_sampler, lora_config, set_threads, tokenize_rows
+    from snaketune.training import length_grouped_sampler, lora_config, set_threads, tokenize_rows
 
     set_threads(threads)
     train = settings["train"]
@@ -342,7 +343,7 @@ def run_bare(run: Run, ws: Path, settings: dict, threads: int, args) -> dict:
     optimizer = torch.optim.AdamW(params, lr=float(train["lr"]), weight_decay=float(train.get("weight_decay", 0.0)),
                                   fused=True)
     lengths = [len(e["input_ids"]) for e in examples]
-    sampler = _length_grouped_sampler(lengths, bs, int(train["seed"])) if train.get("group_by_length", True) else None
+    sampler = length_grouped_sampler(lengths, bs, int(train["seed"])) if train.get("group_by_length", True) else None
     per_epoch = math.ceil(math.ceil(len(examples) / bs) / accum)
     total = args.max_steps_for(bs * accum) or int(train.get("max_steps", -1))
     if total <= 0:

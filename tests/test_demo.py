@@ -32,9 +32,9 @@ def _sha(path):
 
 
 def test_same_seed_same_bytes_other_seed_differs(tmp_path):
-    write_demo_dataset(tmp_path / "a.jsonl", 874, 42)
-    write_demo_dataset(tmp_path / "b.jsonl", 874, 42)
-    write_demo_dataset(tmp_path / "c.jsonl", 874, 7)
+    write_demo_dataset(tmp_path / "a.jsonl", 874, 42, config_path="config/config.yaml")
+    write_demo_dataset(tmp_path / "b.jsonl", 874, 42, config_path="config/config.yaml")
+    write_demo_dataset(tmp_path / "c.jsonl", 874, 7, config_path="config/config.yaml")
     assert _sha(tmp_path / "a.jsonl") == _sha(tmp_path / "b.jsonl")
     assert _sha(tmp_path / "a.jsonl") != _sha(tmp_path / "c.jsonl")
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporaries left
@@ -43,7 +43,7 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path):
 def test_default_count_and_small_sizes(rows, tmp_path):
     assert len(rows) == 874
     assert len(generate_demo_rows(5, 1)) == 5
-    write_demo_dataset(tmp_path / "d.jsonl", 30, 3)
+    write_demo_dataset(tmp_path / "d.jsonl", 30, 3, config_path="config/config.yaml")
     assert len(read_jsonl(tmp_path / "d.jsonl")) == 30
 
 

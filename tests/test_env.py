@@ -154,7 +154,7 @@ def test_transitive_packages_take_their_dependents_category():
             "sympy": ("sympy==1.14.0", ["torch"]),
             "mpmath": ("mpmath==1.3.0", ["sympy"]),
             "packaging": ("packaging==25.0", ["pytest", "torch"])}
-    cats = envlock._categorise(merged, pins)
+    cats = envlock.categorise(merged, pins)
     assert cats == {"pytest": "test", "pluggy": "test", "torch": "training", "sympy": "training",
                     "mpmath": "training", "packaging": "training"}
 
@@ -243,7 +243,7 @@ def test_a_conflict_leaves_no_lock_behind(tmp_path):
 def test_every_env_dependency_is_pinned_exactly():
     for path in ENVS:
         for req in read_env_file(path):
-            assert envlock._exact_pin(req.specifier), f"{path.name}: {req.name}{req.specifier} is not an exact pin"
+            assert envlock.exact_pin(req.specifier), f"{path.name}: {req.name}{req.specifier} is not an exact pin"
 
 
 @pytest.mark.parametrize("variant", envlock.VARIANTS)

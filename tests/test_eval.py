@@ -9,13 +9,12 @@ from snaketune.data import normalise_row
 from snaketune.demo import generate_demo_rows
 from snaketune.evaluation import (
     build_prompts,
-    generate,
     rescore_generations,
     summarise,
     validate_result,
 )
 from snaketune.files import write_jsonl
-from snaketune.generation import generate_one_at_a_time
+from snaketune.generation import generate, generate_one_at_a_time
 
 SETTINGS = {"name": "runner", "system_prompt": "Drive the emulator.", "focus_tools": [],
             "train": {"tools_rendered": "all"}}
@@ -31,7 +30,7 @@ def tiny_model(tmp_path_factory):
     build_tiny_base(tmp / "train.jsonl", tmp / "base",
                     {"architecture": "qwen2", "vocab_size": 512, "hidden_size": 64, "intermediate_size": 128,
                      "num_layers": 1, "num_heads": 2, "num_kv_heads": 1, "max_position_embeddings": 1024,
-                     "seed": 1})
+                     "seed": 1}, config_path="config/config.yaml")
     model, tokenizer = load_base({"name_or_path": str(tmp / "base")})
     tokenizer.padding_side = "left"
     return model.eval(), tokenizer, rows
@@ -125,7 +124,7 @@ def spied_generate(monkeypatch):
     from snaketune import generation
 
     seen = {"decoders": [], "fallback_batches": 0}
-    for_model, generate_hf = generation._SharedPrefixDecoder.for_model, generation._generate_hf
+    for_model, generate_hf = generation.SharedPrefixDecoder.for_model, generation.generate_left_padded
 
     def record(*args, **kwargs):
         decoder = for_model(*args, **kwargs)
@@ -136,8 +135,8 @@ def spied_generate(monkeypatch):
         seen["fallback_batches"] += 1
         return generate_hf(*args, **kwargs)
 
-    monkeypatch.setattr(generation._SharedPrefixDecoder, "for_model", record)
-    monkeypatch.setattr(generation, "_generate_hf", count)
+    monkeypatch.setattr(generation.SharedPrefixDecoder, "for_model", record)
+    monkeypatch.setattr(generation, "generate_left_padded", count)
     return seen
 
 

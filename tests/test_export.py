@@ -64,7 +64,7 @@ def build_pair(root: Path, tokenizer, arch: str, tied: bool, whole: str) -> tupl
 
     from snaketune.modeling import tiny_model_config
 
-    config = tiny_model_config({"architecture": arch, **SHAPE}, tokenizer)
+    config = tiny_model_config({"architecture": arch, **SHAPE}, tokenizer, config_path="config/config.yaml")
     config.tie_word_embeddings = tied
     torch.manual_seed(11)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
@@ -198,12 +198,12 @@ def llama_export(fixtures):
     base, adapter = fixtures["llama"]
     root = fixtures["root"] / "llama-out"
     merged = root / "merged"
-    report = merge_adapter(base, adapter, merged)
+    report = merge_adapter(base, adapter, merged, config_path="config/config.yaml")
     ggufs = {q: root / f"{SPECIALIST}.{q}.gguf" for q in ("f32", "f16", "q8_0")}
     for quant, path in ggufs.items():
         write_model_gguf(merged, path, quant, name=SPECIALIST)
     write_model_gguf(base, root / "base.f32.gguf", "f32", name="base", untie=True)
-    write_lora_gguf(adapter, base, root / "lora.gguf", name=SPECIALIST)
+    write_lora_gguf(adapter, base, root / "lora.gguf", name=SPECIALIST, config_path="config/config.yaml")
     return {"root": root, "merged": merged, "ggufs": ggufs, "merge_report": report, "base": base,
             "adapter": adapter}
 

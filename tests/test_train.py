@@ -28,6 +28,7 @@ from pipeline import TINY_BASE_SHAPE
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = load_schema(REPO / "config" / "schemas" / "config.schema.yaml")
+CONFIG_PATH = "config/config.yaml"  # the file errors about config keys name
 
 SPECIALISTS = {
     "veran-tools": {"system_prompt": "You are Veran. Answer with a tool call.",
@@ -76,7 +77,7 @@ def tiny(tmp_path_factory):
     write_jsonl(root / "train.jsonl", rows[:72])
     write_jsonl(root / "val.jsonl", rows[72:84])
     write_jsonl(root / "test.jsonl", rows[84:])
-    build_tiny_base(root / "train.jsonl", root / "base", TINY_BASE_SHAPE)
+    build_tiny_base(root / "train.jsonl", root / "base", TINY_BASE_SHAPE, config_path=CONFIG_PATH)
     return root
 
 
@@ -212,7 +213,7 @@ def test_config_maps_to_cpu_training_arguments(tmp_path):
 
     settings = settings_for(train={"lr": 1.5e-3, "batch_size": 3, "grad_accum": 2, "seed": 11, "max_seq_len": 256,
                                    "warmup_ratio": 0.1, "group_by_length": True})
-    options = resolve_options(settings["train"], "cpu")
+    options = resolve_options(settings["train"], "cpu", config_path=CONFIG_PATH)
     assert options == {"device": "cpu", "dtype": "fp32", "gradient_checkpointing": False, "packing": False,
                        "quantization": "none"}
     args = training_arguments(settings, options, tmp_path / "ckpt")
@@ -224,20 +225,20 @@ def test_config_maps_to_cpu_training_arguments(tmp_path):
     assert config.bf16 is False and config.fp16 is False
     assert config.gradient_checkpointing is False and config.activation_checkpointing is False
     assert config.use_cpu is True and config.packing is False and config.warmup_steps == 0.1
-    forced = resolve_options({**settings["train"], "gradient_checkpointing": True, "packing": True}, "cpu")
+    forced = resolve_options({**settings["train"], "gradient_checkpointing": True, "packing": True}, "cpu", config_path=CONFIG_PATH)
     assert forced["gradient_checkpointing"] and forced["packing"]
     lora = lora_config(settings)
     assert (lora.r, lora.lora_alpha, lora.target_modules) == (4, 8, "all-linear")
     assert set(lora.modules_to_save) == {"embed_tokens", "lm_head"}
     with pytest.raises(SnaketuneError, match="fp16"):
-        resolve_options({**settings["train"], "dtype": "fp16"}, "cpu")
+        resolve_options({**settings["train"], "dtype": "fp16"}, "cpu", config_path=CONFIG_PATH)
 
 
 def test_length_grouped_batches_are_reshuffled_every_epoch_and_reproducible():
-    from snaketune.training import _length_grouped_sampler
+    from snaketune.training import length_grouped_sampler
 
     lengths = [(i * 37) % 101 + 10 for i in range(90)]
-    sampler = _length_grouped_sampler(lengths, batch_size=8, seed=3)
+    sampler = length_grouped_sampler(lengths, batch_size=8, seed=3)
     epochs = []
     for epoch in (0, 1, 0):
         sampler.set_epoch(epoch)
@@ -294,7 +295,7 @@ def test_assistant_head_loss_equals_the_full_logits_loss_and_its_gradients(tiny)
 def test_tiny_base_is_deterministic_and_loads(tiny, tmp_path):
     from snaketune.modeling import build_tiny_base, load_base
 
-    build_tiny_base(tiny / "train.jsonl", tmp_path / "again", TINY_BASE_SHAPE)
+    build_tiny_base(tiny / "train.jsonl", tmp_path / "again", TINY_BASE_SHAPE, config_path=CONFIG_PATH)
     assert sha256_tree(tmp_path / "again") == sha256_tree(tiny / "base")
     model, tokenizer = load_base({"name_or_path": str(tiny / "base")})
     assert model.config.model_type == "qwen2" and model.config.hidden_size == 32
@@ -305,7 +306,8 @@ def test_tiny_base_is_deterministic_and_loads(tiny, tmp_path):
     # <tool_call> stays visible in decoded text (the metrics parser looks for it)
     ids = tokenizer.encode("<tool_call>\n{}\n</tool_call><|im_end|>", add_special_tokens=False)
     assert tokenizer.decode(ids, skip_special_tokens=True) == "<tool_call>\n{}\n</tool_call>"
-    llama = build_tiny_base(tiny / "train.jsonl", tmp_path / "llama", {**TINY_BASE_SHAPE, "architecture": "llama"})
+    llama = build_tiny_base(tiny / "train.jsonl", tmp_path / "llama", {**TINY_BASE_SHAPE, "architecture": "llama"},
+                            config_path=CONFIG_PATH)
     assert llama is None and json.loads((tmp_path / "llama" / "config.json").read_text())["model_type"] == "llama"
 
 
@@ -341,7 +343,7 @@ def _train(tiny, out, ckpt, **kw):
     from snaketune.training import train_adapter
 
     return train_adapter(tiny / "base", tiny / "train.jsonl", tiny / "val.jsonl", out, settings_for(**kw), ckpt,
-                         base_cfg={"name_or_path": "results/base/tiny"}, threads=1)
+                         base_cfg={"name_or_path": "results/base/tiny"}, threads=1, config_path=CONFIG_PATH)
 
 
 def test_train_adapter_writes_a_complete_loadable_adapter_and_is_reproducible(tiny, tmp_path):
@@ -501,18 +503,18 @@ def test_default_config_specialists_call_the_right_tool(tmp_path):
 # ------------------------------------------------------------------ multi-process training (issue 6 item 4)
 
 def test_process_count_is_one_per_gpu_held_or_train_processes():
-    from snaketune.distributed import needs_launcher, process_count
+    from snaketune.launch import needs_launcher, process_count
 
     auto = settings_for()
     assert "processes" not in auto["train"]  # absent = auto: single-process settings (and bytes) as before
-    assert process_count(auto, []) == 1 and process_count(auto, ["0"]) == 1
-    assert process_count(auto, ["2", "3"]) == 2
-    assert process_count(auto, ["2", "3"], cuda=False) == 1  # cards torch cannot use: one CPU process, as before
+    assert process_count(auto, [], config_path=CONFIG_PATH) == 1 and process_count(auto, ["0"], config_path=CONFIG_PATH) == 1
+    assert process_count(auto, ["2", "3"], config_path=CONFIG_PATH) == 2
+    assert process_count(auto, ["2", "3"], cuda=False, config_path=CONFIG_PATH) == 1  # cards torch cannot use: one CPU process, as before
     forced = settings_for(train={"processes": 2})
-    assert process_count(forced, []) == 2  # CPU processes (gloo): how it is tested without a GPU
-    assert process_count(settings_for(train={"processes": 1}), ["0", "1"]) == 1
+    assert process_count(forced, [], config_path=CONFIG_PATH) == 2  # CPU processes (gloo): how it is tested without a GPU
+    assert process_count(settings_for(train={"processes": 1}), ["0", "1"], config_path=CONFIG_PATH) == 1
     with pytest.raises(SnaketuneError, match="train.processes.*holds 1 GPU"):
-        process_count(forced, ["0"])
+        process_count(forced, ["0"], config_path=CONFIG_PATH)
     assert not needs_launcher(1, auto) and needs_launcher(2, auto)
     assert needs_launcher(1, settings_for(train={"deepspeed": "config/deepspeed/zero2.json"}))
 
@@ -523,19 +525,19 @@ def test_processes_key_is_checked_against_the_schema():
     def config(processes):
         return {"specialists": {"a": {"train": {"processes": processes}}}}
 
-    check_config(config("auto"), SCHEMA)
-    check_config(config(4), SCHEMA)
+    check_config(config("auto"), SCHEMA, CONFIG_PATH)
+    check_config(config(4), SCHEMA, CONFIG_PATH)
     for bad in (0, "two"):
         with pytest.raises(SnaketuneError, match="specialists.a.train.processes"):
-            check_config(config(bad), SCHEMA)
+            check_config(config(bad), SCHEMA, CONFIG_PATH)
 
 
 def test_torchrun_command_and_child_environment():
-    from snaketune.distributed import PACKAGE_PARENT, child_env, per_process_threads, torchrun_command
+    from snaketune.launch import PACKAGE_PARENT, child_env, per_process_threads, torchrun_command
 
     command = torchrun_command(2, "/tmp/args.json", python="/venv/bin/python")
     assert command == ["/venv/bin/python", "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                       "--max-restarts", "0", "-m", "snaketune.distributed", "/tmp/args.json"]
+                       "--max-restarts", "0", "-m", "snaketune.launch", "/tmp/args.json"]
     env = child_env(2, 8, {"PYTHONPATH": "/elsewhere", "CUDA_VISIBLE_DEVICES": "2,3"})
     assert env["PYTHONPATH"].split(os.pathsep) == [str(PACKAGE_PARENT), "/elsewhere"]
     assert env["OMP_NUM_THREADS"] == "4" and env["CUDA_VISIBLE_DEVICES"] == "2,3"  # the job's slot, passed on
@@ -556,14 +558,15 @@ def test_deepspeed_configs_parse_with_their_zero_stage(stage):
 
 
 def test_a_user_error_in_a_torchrun_child_ends_the_step_with_its_message(tiny, tmp_path, capsys):
-    from snaketune.distributed import launch_training
+    from snaketune.launch import launch_training
 
     settings = settings_for(train={"processes": 2})
     settings["focus_tools"] = ["no_such.tool"]
     with pytest.raises(SnaketuneError, match="no training rows call only veran-tools's focus tools") as err:
         launch_training([], base_dir=str(tiny / "base"), train_path=str(tiny / "train.jsonl"),
                         val_path=str(tiny / "val.jsonl"), out_dir=tmp_path / "out", settings=settings,
-                        checkpoint_dir=tmp_path / "ck", base_cfg={"name_or_path": "results/base/tiny"}, threads=1)
+                        checkpoint_dir=tmp_path / "ck", base_cfg={"name_or_path": "results/base/tiny"}, threads=1,
+                        config_path=CONFIG_PATH)
     assert err.value.field == "specialists.veran-tools.focus_tools" and err.value.fix  # the child's error, whole
     assert "[rank 0]" in capsys.readouterr().out  # the children's output reached this process's stdout (the log)
     assert not (tmp_path / "out").exists()
@@ -587,7 +590,7 @@ def test_pipeline_trains_a_specialist_with_two_gloo_processes(tmp_path):
     log = (work / "logs/train/veran-tools.log").read_text()
     assert "training with 2 processes" in log and "torch.distributed.run --standalone --nproc-per-node 2" in log
     for rank in (0, 1):
-        assert f"[rank {rank}] snaketune.distributed: distributed: world size 2, rank {rank}, backend gloo" in log
+        assert f"[rank {rank}] snaketune.launch: distributed: world size 2, rank {rank}, backend gloo" in log
     assert "Traceback" not in log
     out = work / ADAPTERS[1]
     for name in DETERMINISTIC_FILES + ("train_metrics.json",):

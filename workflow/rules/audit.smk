@@ -15,6 +15,7 @@ localrules:
 
 rule audit:
     params:
+        provenance=PROVENANCE,
         expected=audit_expected_params,
         targets=ALL_TARGETS,
         strict=config["audit_strict"] in (True, "true"),
@@ -40,6 +41,8 @@ rule report_tables:
                       labels={"table": "environment checks"}),
         eval_summary=report("results/report/eval_summary.csv", caption="../report/eval_summary.rst",
                             category="Evaluation", labels={"table": "base vs tuned"}),
+    params:
+        provenance=PROVENANCE,
     log:
         "logs/report/report_tables.log",
     conda:
@@ -55,6 +58,7 @@ rule parity_table:
         parity=report("results/report/parity.csv", caption="../report/parity.rst", category="Export",
                       labels={"table": "GGUF parity"}),
     params:
+        provenance=PROVENANCE,
         specialists=SPECIALISTS,
     log:
         "logs/report/parity_table.log",

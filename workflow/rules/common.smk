@@ -24,6 +24,8 @@ fill_stage_defaults(config, _schema)
 check_inputs(config, CONFIG_PATH)
 
 SPECIALISTS = sorted(config["specialists"])
+# Where every step writes its provenance record, and the committed locks a record names (a param of each rule).
+PROVENANCE = {"records": "results/provenance", "locks": "envs/lock"}
 
 # Each stage's .smk appends the outputs `rule all` should build.
 ALL_TARGETS = []
@@ -146,7 +148,7 @@ def audit_expected_params(wildcards=None):
     from snaketune.provenance import normalised, read_records
 
     expected = {}
-    for path, record in read_records():
+    for path, record in read_records(PROVENANCE["records"]):
         try:
             producer = workflow.get_rule(record["rule"])
             wildcards_ = Wildcards(fromdict=record.get("wildcards", {}))

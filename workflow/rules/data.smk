@@ -5,6 +5,8 @@ rule demo_dataset:
     output:
         "results/data/raw/demo.jsonl",
     params:
+        config_path=CONFIG_PATH,
+        provenance=PROVENANCE,
         rows=config["data"]["demo"]["rows"],
         seed=config["data"]["demo"]["seed"],
     log:
@@ -28,6 +30,8 @@ rule prepare_data:
         stats="results/data/split_stats.json",
         rejected="results/data/rejected.jsonl",
     params:
+        config_path=CONFIG_PATH,
+        provenance=PROVENANCE,
         formats=source_formats(),
         split=config["data"]["split"],
         on_invalid=config["data"]["on_invalid"],

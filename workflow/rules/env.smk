@@ -16,6 +16,8 @@ rule lock:
     output:
         lock="results/env/requirements.lock.txt",
         report="results/env/lock_report.json",
+    params:
+        provenance=PROVENANCE,
     log:
         "logs/env/lock.log",
     conda:
@@ -32,6 +34,7 @@ rule verify:
     output:
         "results/env/verify.json",
     params:
+        provenance=PROVENANCE,
         data=[source["path"] for source in config["data"]["sources"]],
         settings=config["verify"],
     resources:

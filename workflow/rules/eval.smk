@@ -10,6 +10,8 @@ rule evaluate_base:
         generations="results/eval/base/{specialist}.generations.jsonl",
         timing="results/eval/base/{specialist}.timing.json",
     params:
+        config_path=CONFIG_PATH,
+        provenance=PROVENANCE,
         spec=lambda wc: eval_settings(wc.specialist),
         eval_cfg=config["eval"],
         base_cfg=config["base_model"],
@@ -37,6 +39,8 @@ rule evaluate_tuned:
         generations="results/eval/tuned/{specialist}.generations.jsonl",
         timing="results/eval/tuned/{specialist}.timing.json",
     params:
+        config_path=CONFIG_PATH,
+        provenance=PROVENANCE,
         spec=lambda wc: eval_settings(wc.specialist),
         eval_cfg=config["eval"],
         base_cfg=config["base_model"],
@@ -62,6 +66,7 @@ rule eval_summary:
         json="results/eval/summary.json",
         md="results/eval/summary.md",
     params:
+        provenance=PROVENANCE,
         specialists=SPECIALISTS,
     log:
         "logs/eval/summary.log",

@@ -8,6 +8,8 @@ rule merge:
     output:
         directory("results/merged/{specialist}"),
     params:
+        config_path=CONFIG_PATH,
+        provenance=PROVENANCE,
         base_model=config["base_model"],
     threads: export_threads
     resources:
@@ -29,6 +31,7 @@ rule gguf:
     output:
         "results/gguf/{specialist}.{quant}.gguf",
     params:
+        provenance=PROVENANCE,
         source=lambda wildcards, input: input.model,
         revision=None,
         name="{specialist}",
@@ -53,6 +56,8 @@ rule base_gguf:
     output:
         "results/gguf/base/base.{quant}.gguf",
     params:
+        config_path=CONFIG_PATH,
+        provenance=PROVENANCE,
         source=config["base_model"]["name_or_path"],
         revision=config["base_model"].get("revision"),
         name="base",
@@ -80,6 +85,8 @@ rule lora_gguf:
     output:
         "results/gguf/{specialist}.lora.gguf",
     params:
+        config_path=CONFIG_PATH,
+        provenance=PROVENANCE,
         base_model=config["base_model"],
     threads: 1
     resources:
@@ -100,6 +107,7 @@ rule gguf_parity:
     output:
         "results/gguf/{specialist}.parity.json",
     params:
+        provenance=PROVENANCE,
         settings=export_settings,
         quants=EXPORT_QUANTS,
         base_quant=LORA_BASE_QUANT,
@@ -124,6 +132,7 @@ rule modelfile:
     output:
         "results/gguf/{specialist}.Modelfile",
     params:
+        provenance=PROVENANCE,
         system_prompt=export_system_prompt,
         name="{specialist}",
     log:

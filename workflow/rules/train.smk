@@ -8,6 +8,8 @@ rule tiny_base:
     output:
         directory(TINY_BASE_DIR),
     params:
+        config_path=CONFIG_PATH,
+        provenance=PROVENANCE,
         shape=config["tiny_base"],
     threads: 1
     resources:
@@ -40,6 +42,8 @@ rule train:
         ),
         timing="results/adapters/{specialist}.timing.json",
     params:
+        config_path=CONFIG_PATH,
+        provenance=PROVENANCE,
         settings=lambda wc: specialist_settings(wc.specialist),
         base_model=config["base_model"],
         checkpoints=lambda wc: f"results/checkpoints/{wc.specialist}",

@@ -11,5 +11,7 @@ with to_log_file(snakemake.log[0]):
         targets=snakemake.params.targets,
         strict=snakemake.params.strict,
         lock_report=snakemake.params.lock_report,
+        records_root=snakemake.params.provenance["records"],
+        lock_dir=snakemake.params.provenance["locks"],
         echo=sys.__stdout__,  # the table reaches the terminal as well as the log
     )

@@ -7,4 +7,5 @@ with rule_step(snakemake):
         train_path=snakemake.input.train,
         out_dir=snakemake.output[0],
         tiny_cfg=dict(snakemake.params.shape),
+        config_path=snakemake.params.config_path,
     )

@@ -10,4 +10,5 @@ with rule_step(snakemake):
         revision=snakemake.params.base_model.get("revision"),
         threads=snakemake.threads,
         gpus=snakemake.resources.gpu,
+        config_path=snakemake.params.config_path,
     )

@@ -11,4 +11,5 @@ with rule_step(snakemake):
         seed=split["seed"],
         on_invalid=snakemake.params.on_invalid,
         specialists=snakemake.params.specialists,
+        config_path=snakemake.params.config_path,
     )

@@ -1,5 +1,5 @@
-"""Entry script of rule train: wires Snakemake's objects to snaketune.training (via snaketune.distributed)."""
-from snaketune.distributed import launch_training
+"""Entry script of rule train: wires Snakemake's objects to snaketune.training (via snaketune.launch)."""
+from snaketune.launch import launch_training
 from snaketune.provenance import rule_step
 
 with rule_step(snakemake) as devices:
@@ -16,4 +16,5 @@ with rule_step(snakemake) as devices:
         base_cfg=dict(snakemake.params.base_model),
         threads=snakemake.threads,
         gpus=snakemake.resources.gpu,
+        config_path=snakemake.params.config_path,
     )

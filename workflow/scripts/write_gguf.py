@@ -11,4 +11,5 @@ with rule_step(snakemake):
         revision=snakemake.params.revision,
         untie=snakemake.params.untie,
         template=snakemake.params.template,
+        config_path=snakemake.params.get("config_path"),  # base_gguf: the source is the config's base
     )

@@ -9,4 +9,5 @@ with rule_step(snakemake):
         out_path=snakemake.output[0],
         name=snakemake.wildcards.specialist,
         revision=snakemake.params.base_model.get("revision"),
+        config_path=snakemake.params.config_path,
     )

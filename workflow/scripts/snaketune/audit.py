@@ -1,10 +1,10 @@
 """The audit: check every result against the provenance record written when it was made.
 
-For each record under ``results/provenance/`` it recomputes the hash of every output (and input), and
+For each provenance record (``snaketune.provenance``) it recomputes the hash of every output (and input), and
 compares the rule's params as the config gives them now, the code (entry script and the package files
 the step imported) and the committed lock with what the record holds. It also compares the installed
 environment with the committed lock. Every difference is one ``Drift`` naming the outputs it affects;
-``run_audit`` (the `audit` rule) prints them as a table, writes ``results/audit.json`` and, when strict,
+``run_audit`` (the `audit` rule) prints them as a table, writes its JSON report and, when strict,
 fails with one line per kind of drift.
 """
 
@@ -19,10 +19,19 @@ from pathlib import Path
 from .errors import SnaketuneError
 from .files import sha256_file, write_json
 from .provenance import (
-    PROVENANCE_DIR, checkout_root, file_hash, git_record, lock_file, lock_variant, normalised, package_files,
-    read_records, script_path,
+    checkout_root,
+    file_hash,
+    git_record,
+    lock_file,
+    lock_variant,
+    normalised,
+    package_files,
+    read_records,
+    script_path,
 )
-from .verify import installed_packages, lock_drift, read_lock
+from .verify import installed_packages, lock_drift, read_lock, same_version
+
+__all__ = ["Drift", "param_changes", "index_drift_notes", "audit", "format_table", "run_audit"]
 
 KINDS = ("output", "input", "provenance", "params", "code", "lock", "environment")
 # Drifts that Snakemake's own rerun triggers miss (edited outputs, package code, the environment).
@@ -73,16 +82,18 @@ def check_files(record) -> list[Drift]:
     for out in record.get("outputs", []):
         now = file_hash(out["path"])
         if now is None:
-            drifts.append(Drift("output", f"{out['path']} is missing (rule {rule} made it)", [out["path"]], rule,
-                                _rerun(rule)))
+            drifts.append(Drift("output", f"{out['path']} is missing (rule {rule} made it)", [out["path"]],
+                                rule, _rerun(rule)))
         elif now != out["sha256"]:
-            drifts.append(Drift("output", f"{out['path']} changed: sha256 {_short(now)} now, {_short(out['sha256'])} "
-                                f"when rule {rule} made it", [out["path"]], rule, _rerun(rule)))
+            drifts.append(Drift("output", f"{out['path']} changed: sha256 {_short(now)} now, "
+                                f"{_short(out['sha256'])} when rule {rule} made it", [out["path"]], rule,
+                                _rerun(rule)))
     for inp in record.get("inputs", []):
         now = file_hash(inp["path"])
         if now != inp["sha256"]:
             what = ("is missing since rule {rule} read it" if now is None else
-                    f"changed since rule {rule} read it (sha256 {_short(now)} now, {_short(inp['sha256'])} then)")
+                    f"changed since rule {rule} read it (sha256 {_short(now)} now, "
+                    f"{_short(inp['sha256'])} then)")
             drifts.append(Drift("input", f"input {inp['path']} {what.format(rule=rule)}", outs, rule,
                                 f"snakemake (reruns {rule})"))
     return drifts
@@ -93,7 +104,8 @@ def check_params(record, expected: dict | None) -> list[Drift]:
     if expected is None or "error" in expected:
         return []  # not part of the workflow as configured now: a note, not a drift (see stale_notes)
     changes = param_changes(normalised(record.get("params", {})), normalised(expected["params"]))
-    return [Drift("params", f"{change} (rule {rule})", outs, rule, f"snakemake (the params trigger reruns {rule})")
+    return [Drift("params", f"{change} (rule {rule})", outs, rule,
+                  f"snakemake (the params trigger reruns {rule})")
             for change in changes]
 
 
@@ -105,9 +117,10 @@ def check_code(record, root: Path, package_now: dict) -> list[Drift]:
         path = root / script["path"]
         now = sha256_file(path) if path.is_file() else None
         if now != script["sha256"]:
-            what = "is gone" if now is None else f"changed (sha256 {_short(now)} now, {_short(script['sha256'])} ran)"
-            drifts.append(Drift("code", f"entry script {script['path']} {what} since rule {rule} ran it", outs, rule,
-                                _rerun(rule)))
+            what = ("is gone" if now is None
+                    else f"changed (sha256 {_short(now)} now, {_short(script['sha256'])} ran)")
+            drifts.append(Drift("code", f"entry script {script['path']} {what} since rule {rule} ran it",
+                                outs, rule, _rerun(rule)))
     package = code.get("package", {})
     recorded = package.get("files", {})
     used = set(package.get("imported", [])) | {name for name in recorded if not name.endswith(".py")}
@@ -135,13 +148,12 @@ def check_lock(record) -> list[Drift]:
 
 def check_recorded_versions(record, pins: dict, lock_path: str) -> list[Drift]:
     """Packages the step loaded at a version other than the lock's."""
-    from .verify import _same_version
-
     rule, outs, drifts = record.get("rule"), _outputs(record), []
     for name, version in sorted(record.get("environment", {}).get("packages", {}).items()):
-        if name in pins and not _same_version(version, pins[name]):
+        if name in pins and not same_version(version, pins[name]):
             drifts.append(Drift("environment", f"rule {rule} ran with {name} {version}; {lock_path} pins "
-                                f"{pins[name]}", outs, rule, f"pip install -r {lock_path}, then {_rerun(rule)}"))
+                                f"{pins[name]}", outs, rule,
+                                f"pip install -r {lock_path}, then {_rerun(rule)}"))
     return drifts
 
 
@@ -155,7 +167,8 @@ def check_environment(records, installed: dict, lock: dict, lock_path: str) -> l
     out = []
     for item in drift:
         name = item["package"]
-        out.append(Drift("environment", f"{name} {item['installed']} is installed; {lock_path} pins {item['locked']}",
+        out.append(Drift("environment",
+                         f"{name} {item['installed']} is installed; {lock_path} pins {item['locked']}",
                          sorted(set(loaded_by.get(name, []))), None, f"pip install -r {lock_path}"))
     for name in missing:
         out.append(Drift("environment", f"{name} is not installed; {lock_path} pins {lock['pins'][name]}",
@@ -169,8 +182,9 @@ def unrecorded(records, targets) -> list[Drift]:
     wanted = {str(t) for t in targets}
     for _, record in records:
         wanted.update(i["path"] for i in record.get("inputs", []) if i["path"].startswith("results/"))
-    return [Drift("provenance", f"{path} has no provenance record (made before provenance was recorded, or by a "
-                  "step that records none)", [path], None, "rerun the rule that makes it: snakemake --forcerun <rule>")
+    return [Drift("provenance", f"{path} has no provenance record (made before provenance was recorded, "
+                  "or by a step that records none)", [path], None,
+                  "rerun the rule that makes it: snakemake --forcerun <rule>")
             for path in sorted(wanted - made) if Path(path).exists()]
 
 
@@ -180,8 +194,8 @@ def stale_notes(records, expected: dict, targets) -> list[str]:
         entry = expected.get(str(path))
         if entry is None or "error" in entry:
             why = entry["error"] if entry else "no params were computed for it"
-            notes.append(f"{path}: rule {record.get('rule')} {record.get('wildcards') or ''} is not part of the "
-                         f"workflow as configured now ({why}); its params were not compared")
+            notes.append(f"{path}: rule {record.get('rule')} {record.get('wildcards') or ''} is not part of "
+                         f"the workflow as configured now ({why}); its params were not compared")
     for target in targets:
         if not Path(target).exists():
             notes.append(f"{target} is not built yet")
@@ -209,14 +223,18 @@ def index_drift_notes(lock_report) -> tuple[dict | None, list[str]]:
     return drift, notes
 
 
-def audit(records, expected: dict, targets=(), *, installed=None, root=None, package_now=None,
-          lock_dir="envs/lock", lock_report=None) -> dict:
-    """Every drift of the results described by ``records`` ([(path, record)]); a JSON-able report."""
+def audit(records, expected: dict, targets=(), *, lock_dir, installed=None, root=None, package_now=None,
+          lock_report=None) -> dict:
+    """Every drift of the results described by ``records`` ([(path, record)]); a JSON-able report.
+
+    ``lock_dir``: the directory of the committed locks the environment is compared with.
+    """
     installed = installed_packages() if installed is None else installed
     variant = lock_variant(installed)
     lock_path = lock_file(variant, lock_dir)
     if not lock_path.is_file():
-        raise SnaketuneError(lock_path, "the committed lock is missing", fix="git checkout envs/lock, or run "
+        raise SnaketuneError(lock_path, "the committed lock is missing",
+                             fix=f"git checkout {lock_dir}, or run "
                              "`python -m snaketune.envlock write` and commit it")
     lock = read_lock(lock_path)
     root = Path(root) if root else checkout_root()
@@ -258,7 +276,8 @@ def fix_commands(drifts) -> list[str]:
     other = sorted({d["fix"] for d in drifts if not d["rule"] and not d["fix"].startswith("pip install")})
     commands = list(pip)
     if forced:
-        commands.append(f"snakemake --forcerun {' '.join(forced)}   (Snakemake does not rerun these by itself)")
+        commands.append(f"snakemake --forcerun {' '.join(forced)}   "
+                        "(Snakemake does not rerun these by itself)")
     if rerun:
         commands.append(f"snakemake   (reruns {', '.join(rerun)}: changed inputs or params)")
     return commands + other
@@ -294,19 +313,23 @@ def drift_error(report: dict, out_json) -> SnaketuneError:
     first = {}
     for d in report["drifts"]:
         first.setdefault(d["kind"], (d, sum(x["kind"] == d["kind"] for x in report["drifts"])))
-    parts = [f"{kind}: {d['detail']}" + (f" (+{n - 1} more)" if n > 1 else "") for kind, (d, n) in first.items()]
+    parts = [f"{kind}: {d['detail']}" + (f" (+{n - 1} more)" if n > 1 else "")
+             for kind, (d, n) in first.items()]
     return SnaketuneError(out_json, f"audit found {len(report['drifts'])} drift(s): " + "; ".join(parts),
-                          fix="see the table above or results/audit.json; to record drift without failing, "
+                          fix=f"see the table above or {out_json}; to record drift without failing, "
                               "run with --config audit_strict=false")
 
 
-def run_audit(out_json, expected: dict, targets=(), *, strict: bool = True, records_root=PROVENANCE_DIR,
+def run_audit(out_json, expected: dict, targets=(), *, records_root, lock_dir, strict: bool = True,
               lock_report=None, echo=None) -> dict:
-    """The `audit` rule: audit, print the table (to the log and ``echo``), write ``out_json``; raise on drift."""
+    """The `audit` rule: audit, print the table (to the log and ``echo``), write ``out_json``; raise on drift.
+
+    ``records_root``: the directory of the provenance records; ``lock_dir``: that of the committed locks.
+    """
     records = read_records(records_root)
     script = script_path()  # entry scripts are looked up beside the audit's own (this checkout's)
-    report = audit(records, expected, targets, root=checkout_root(script) if script else None,
-                   lock_report=lock_report)
+    report = audit(records, expected, targets, lock_dir=lock_dir,
+                   root=checkout_root(script) if script else None, lock_report=lock_report)
     report["strict"] = bool(strict)
     table = format_table(report)
     print(table)
@@ -317,6 +340,3 @@ def run_audit(out_json, expected: dict, targets=(), *, strict: bool = True, reco
     if report["drifts"] and strict:
         raise drift_error(report, out_json)
     return report
-
-
-__all__ = ["Drift", "audit", "run_audit", "format_table", "param_changes"]

@@ -11,23 +11,19 @@ one block per call, and ``{% generation %}`` marks what the assistant writes (co
 ``<|im_end|>``), so ``return_assistant_tokens_mask`` gives the assistant-only loss mask. The inference
 prompt (every message but the final assistant turn, plus the generation prompt) is an exact prefix of
 the training text, both as text and as token ids.
-
-Stable API (eval and export import these):
-    CHAT_TEMPLATE, END_OF_TURN, TEMPLATE_TOKENS, GENERATION_PROMPT
-    build_messages(row, system_prompt="", tools_rendered="all", focus_tools=None) -> (messages, tools)
-    specialist_chat(row, settings) -> (messages, tools)        # settings = config.specialist_settings(...)
-    split_prompt(messages) -> (prompt_messages, final_assistant_message)
-    apply_template(tokenizer_or_none, messages, tools=None, add_generation_prompt=False) -> str
-    encode_chat(tokenizer, messages, tools=None, add_generation_prompt=False) -> {"input_ids", "assistant_masks"}
-    attach_template(tokenizer) -> tokenizer
-    stop_token_ids(tokenizer) -> [int, ...]
-    gold_tool_names(row), in_subset(row, focus_tools), specialist_rows(rows, focus_tools)
 """
 
 from __future__ import annotations
 
 import copy
 from pathlib import Path
+
+__all__ = [
+    "CHAT_TEMPLATE", "END_OF_TURN", "PAD_TOKEN", "GENERATION_PROMPT", "SPECIAL_TOKENS", "TEMPLATE_TOKENS",
+    "gold_tool_names", "in_subset", "specialist_rows", "compact_tool", "build_messages",
+    "prompt_tools_rendered", "specialist_chat", "split_prompt", "attach_template", "apply_template",
+    "encode_chat", "stop_token_ids"
+]
 
 TEMPLATE_PATH = Path(__file__).with_name("chat_template.jinja")
 CHAT_TEMPLATE = TEMPLATE_PATH.read_text(encoding="utf-8")
@@ -39,7 +35,8 @@ GENERATION_PROMPT = "<|im_start|>assistant\n"
 # Tokens the template writes: special (never in user text, stripped by skip_special_tokens) and plain
 # added tokens that stay visible in decoded text (the metrics parser looks for <tool_call>).
 SPECIAL_TOKENS = [PAD_TOKEN, START_OF_TURN, END_OF_TURN]
-TEMPLATE_TOKENS = ["<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>", "<tools>", "</tools>"]
+TEMPLATE_TOKENS = ["<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>", "<tools>",
+                   "</tools>"]
 
 TOOLS_RENDERED = ("all", "compact", "called")
 # What ``compact`` keeps of a parameter's JSON Schema: its type and its allowed values.
@@ -93,7 +90,8 @@ def compact_tool(tool: dict) -> dict:
     slim["parameters"] = {
         "type": params.get("type", "object"),
         "properties": {key: {k: v for k, v in spec.items() if k in COMPACT_PARAMETER_KEYS}
-                       if isinstance(spec, dict) else {}  # a boolean JSON Schema (true: anything) says nothing
+                       # a boolean JSON Schema (true: anything) says nothing
+                       if isinstance(spec, dict) else {}
                        for key, spec in (params.get("properties") or {}).items()},
         "required": list(params.get("required") or []),
     }

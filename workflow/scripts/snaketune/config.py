@@ -11,6 +11,11 @@ import yaml
 
 from .errors import SnaketuneError, field_path
 
+__all__ = [
+    "TINY_BASE_DIR", "load_schema", "check_config", "deep_merge", "fill_stage_defaults",
+    "specialist_settings", "check_inputs"
+]
+
 SPECIALIST_NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 TINY_BASE_DIR = "results/base/tiny"
 
@@ -69,10 +74,11 @@ def schema_errors(config: dict, schema: dict, config_path: str) -> None:
     raise SnaketuneError(config_path, problem, field=key, fix=fix)
 
 
-def check_config(config: dict, schema: dict, config_path: str = "config/config.yaml") -> None:
+def check_config(config: dict, schema: dict, config_path: str) -> None:
     """Checks with messages a user can act on, run before Snakemake's validate()."""
     for key, suggestion in unknown_keys(config, schema):
-        fix = f"did you mean '{suggestion}'?" if suggestion else "remove it (config/README.md lists every key)"
+        fix = (f"did you mean '{suggestion}'?" if suggestion
+               else "remove it (config/README.md lists every key)")
         raise SnaketuneError(config_path, "unknown config key", field=key, fix=fix)
     specialists = config.get("specialists") or {}
     if not isinstance(specialists, dict) or not specialists:
@@ -118,27 +124,29 @@ def fill_stage_defaults(config: dict, schema: dict) -> dict:
 def specialist_settings(config: dict, name: str) -> dict:
     """The specialist's settings over config['defaults'] (deep merge), plus its name."""
     spec = config["specialists"][name] or {}
-    merged = deep_merge(config.get("defaults", {}), {k: spec[k] for k in ("lora", "train", "resources") if k in spec})
+    merged = deep_merge(config.get("defaults", {}),
+                        {k: spec[k] for k in ("lora", "train", "resources") if k in spec})
     merged["name"] = name
     merged["system_prompt"] = spec.get("system_prompt", "")
     merged["focus_tools"] = list(spec.get("focus_tools", []))
     return merged
 
 
-def check_inputs(config: dict, config_path: str = "config/config.yaml") -> None:
+def check_inputs(config: dict, config_path: str) -> None:
     """What must exist before anything runs: data sources, a local base model, a GGUF-able architecture."""
     for i, source in enumerate(config["data"]["sources"]):
         if not Path(source["path"]).is_file():
             raise SnaketuneError(config_path, f"data source {source['path']!r} does not exist",
-                                 field=f"data.sources[{i}].path", fix="fix the path (relative to the working directory)")
+                                 field=f"data.sources[{i}].path",
+                                 fix="fix the path (relative to the working directory)")
     name = config["base_model"]["name_or_path"]
     if name.rstrip("/") == TINY_BASE_DIR:
         return
-    from .modeling import _looks_local, check_local_dir
+    from .modeling import check_local_dir, looks_local
 
-    if not _looks_local(name):
+    if not looks_local(name):
         return  # a hub id: checked when it is loaded
-    model_dir = check_local_dir(name)
+    model_dir = check_local_dir(name, config_path=config_path)
     if config.get("export", {}).get("enabled", True):
         import json
 
@@ -146,6 +154,8 @@ def check_inputs(config: dict, config_path: str = "config/config.yaml") -> None:
 
         model_type = json.loads((model_dir / "config.json").read_text(encoding="utf-8")).get("model_type")
         if model_type not in SUPPORTED_FAMILIES:
-            raise SnaketuneError(config_path, f"base model architecture {model_type!r} cannot be exported to GGUF",
+            raise SnaketuneError(config_path,
+                                 f"base model architecture {model_type!r} cannot be exported to GGUF",
                                  field="base_model.name_or_path",
-                                 fix=f"use a {', '.join(SUPPORTED_FAMILIES)} model or set export.enabled: false")
+                                 fix=f"use a {', '.join(SUPPORTED_FAMILIES)} model "
+                                     "or set export.enabled: false")

@@ -21,6 +21,8 @@ from .chat_template import gold_tool_names
 from .errors import SnaketuneError, field_path
 from .files import dumps_json, write_json, write_jsonl
 
+__all__ = ["row_id", "normalise_row", "gold_tools", "load_sources", "split_rows", "prepare_data"]
+
 SCHEMA_DIR = Path(__file__).resolve().parents[3] / "config" / "schemas"
 MAX_LINE_BYTES = 8 * 1024 * 1024
 SPLITS = ("train", "val", "test")
@@ -48,14 +50,17 @@ def _short(value, limit: int = 80) -> str:
 def _schema_error(path, line, err) -> SnaketuneError:
     parts = list(err.absolute_path)
     if err.validator == "required":
-        missing = next((p for p in err.validator_value if isinstance(err.instance, dict) and p not in err.instance), None)
+        missing = next((p for p in err.validator_value
+                        if isinstance(err.instance, dict) and p not in err.instance), None)
         return SnaketuneError(path, f"required field '{missing}' is missing", line=line,
                               field=field_path(parts + [missing]), fix=f"add '{missing}' to the row")
     if err.validator == "enum":
         return SnaketuneError(path, f"{_short(err.instance)} is not one of {err.validator_value}", line=line,
-                              field=field_path(parts), fix=f"use one of {', '.join(map(str, err.validator_value))}")
+                              field=field_path(parts),
+                              fix=f"use one of {', '.join(map(str, err.validator_value))}")
     if err.validator == "type":
-        expected = err.validator_value if isinstance(err.validator_value, str) else " or ".join(err.validator_value)
+        expected = (err.validator_value if isinstance(err.validator_value, str)
+                    else " or ".join(err.validator_value))
         return SnaketuneError(path, f"{_short(err.instance)} is not of type {expected}", line=line,
                               field=field_path(parts), fix=f"make it a JSON {expected}")
     problem = err.message if len(err.message) <= 200 else err.message[:197] + "..."
@@ -75,8 +80,10 @@ def iter_lines(path):
     with open(path, "rb") as fh:
         for number, raw in enumerate(fh, start=1):
             if len(raw) > MAX_LINE_BYTES:
-                raise SnaketuneError(path, f"line is {len(raw) / 2**20:.1f} MiB, over the {MAX_LINE_BYTES // 2**20} MiB limit",
-                                     line=number, fix="split the conversation or check the file is JSONL, one row per line")
+                raise SnaketuneError(path, f"line is {len(raw) / 2**20:.1f} MiB, over the "
+                                     f"{MAX_LINE_BYTES // 2**20} MiB limit", line=number,
+                                     fix="split the conversation or check the file is JSONL, "
+                                         "one row per line")
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as err:
@@ -95,7 +102,8 @@ def iter_lines(path):
             seen_any = True
             yield number, value
     if not seen_any:
-        raise SnaketuneError(path, "file holds no rows", fix="add JSONL rows or remove the source from data.sources")
+        raise SnaketuneError(path, "file holds no rows",
+                             fix="add JSONL rows or remove the source from data.sources")
 
 
 def detect_format(row, declared: str = "auto") -> str:
@@ -124,28 +132,34 @@ def _check_tool_calls(path, line, row) -> None:
                 args = json.loads(call["function"]["arguments"])
             except (json.JSONDecodeError, RecursionError) as err:
                 reason = err.msg if isinstance(err, json.JSONDecodeError) else "nested too deeply"
-                raise SnaketuneError(path, f"arguments are not a JSON string that parses ({reason})", line=line,
-                                     field=f"{where}.arguments", fix="encode the arguments object with json.dumps") from None
+                raise SnaketuneError(path, f"arguments are not a JSON string that parses ({reason})",
+                                     line=line, field=f"{where}.arguments",
+                                     fix="encode the arguments object with json.dumps") from None
             if not isinstance(args, dict):
-                raise SnaketuneError(path, f"arguments decode to {type(args).__name__}, not an object", line=line,
-                                     field=f"{where}.arguments", fix='write arguments as a JSON object string, e.g. "{}"')
+                raise SnaketuneError(path, f"arguments decode to {type(args).__name__}, not an object",
+                                     line=line, field=f"{where}.arguments",
+                                     fix='write arguments as a JSON object string, e.g. "{}"')
             if name not in tools:
                 raise SnaketuneError(path, f"calls tool {name!r}, which is not in the row's tools", line=line,
-                                     field=f"{where}.name", fix="add the tool's definition to 'tools' or fix the name")
+                                     field=f"{where}.name",
+                                     fix="add the tool's definition to 'tools' or fix the name")
             params = tools[name].get("parameters")
             if params:
                 try:
                     jsonschema.Draft202012Validator.check_schema(params)
                 except jsonschema.SchemaError as err:
                     idx = [t["function"]["name"] for t in row["tools"]].index(name)
-                    raise SnaketuneError(path, f"tool {name!r} has an invalid parameters schema: {err.message[:120]}",
-                                         line=line, field=f"tools[{idx}].function.parameters",
+                    raise SnaketuneError(path, f"tool {name!r} has an invalid parameters schema: "
+                                         f"{err.message[:120]}", line=line,
+                                         field=f"tools[{idx}].function.parameters",
                                          fix="make parameters a valid JSON Schema object") from None
-                err = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(params).iter_errors(args))
+                validator = jsonschema.Draft202012Validator(params)
+                err = jsonschema.exceptions.best_match(validator.iter_errors(args))
                 if err is not None:
                     sub = field_path(list(err.absolute_path))
-                    raise SnaketuneError(path, f"arguments do not match {name!r}'s parameters: {err.message[:160]}",
-                                         line=line, field=f"{where}.arguments" + (f".{sub}" if sub else ""),
+                    raise SnaketuneError(path, f"arguments do not match {name!r}'s parameters: "
+                                         f"{err.message[:160]}", line=line,
+                                         field=f"{where}.arguments" + (f".{sub}" if sub else ""),
                                          fix="make the arguments satisfy the tool's parameter schema")
 
 
@@ -157,7 +171,8 @@ def _check_turns(path, line, messages) -> None:
     if not any(m["role"] == "user" for m in messages):
         raise SnaketuneError(path, "no user message", line=line, field="messages", fix="add a user turn")
     for i, message in enumerate(messages):
-        if message["role"] == "assistant" and not message.get("tool_calls") and not (message.get("content") or "").strip():
+        answerless = message["role"] == "assistant" and not message.get("tool_calls")
+        if answerless and not (message.get("content") or "").strip():
             raise SnaketuneError(path, "assistant message has neither content nor tool_calls", line=line,
                                  field=f"messages[{i}]", fix="give the assistant turn text or a tool call")
 
@@ -202,8 +217,9 @@ def normalise_row(value, *, path="<input>", line: int | None = None, declared: s
                              fix="write one JSON object per line")
     kind = detect_format(value, declared)
     if kind == "unknown":
-        raise SnaketuneError(path, "row is neither chat ('messages') nor instruction ('instruction'/'output')",
-                             line=line, field="messages", fix="add a 'messages' list (see config/README.md)")
+        raise SnaketuneError(path, "row is neither chat ('messages') nor instruction "
+                             "('instruction'/'output')", line=line, field="messages",
+                             fix="add a 'messages' list (see config/README.md)")
     err = jsonschema.exceptions.best_match(_validator(kind).iter_errors(value))
     if err is not None:
         raise _schema_error(path, line, err)
@@ -212,7 +228,8 @@ def normalise_row(value, *, path="<input>", line: int | None = None, declared: s
         if value.get("input", "").strip():
             prompt += "\n\n" + value["input"].strip()
         messages = ([{"role": "system", "content": value["system"].strip()}] if value.get("system") else [])
-        messages += [{"role": "user", "content": prompt}, {"role": "assistant", "content": value["output"].strip()}]
+        messages += [{"role": "user", "content": prompt},
+                     {"role": "assistant", "content": value["output"].strip()}]
         tools = []
     else:
         _check_turns(path, line, value["messages"])
@@ -236,7 +253,8 @@ def gold_tools(row) -> list[str]:
 
 def prompt_key(row) -> str:
     """Rows with the same prompt (everything but the answer) must share a split, or test leaks."""
-    blob = json.dumps({"messages": row["messages"][:-1], "tools": row["tools"]}, sort_keys=True, ensure_ascii=False)
+    blob = json.dumps({"messages": row["messages"][:-1], "tools": row["tools"]}, sort_keys=True,
+                      ensure_ascii=False)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
 
 
@@ -263,14 +281,16 @@ def load_sources(sources: dict[str, str], on_invalid: str = "error") -> Loaded:
             except SnaketuneError as err:
                 if on_invalid != "skip":
                     raise
-                loaded.rejected.append({"source": str(path), "line": line, "field": err.field, "problem": err.problem})
+                loaded.rejected.append({"source": str(path), "line": line, "field": err.field,
+                                        "problem": err.problem})
                 counts["rejected"] += 1
                 continue
             seen = first_seen.get(row["id"])
             if seen is not None:
                 if seen[0] != str(path):
-                    raise SnaketuneError(path, f"row also appears in {seen[0]}:{seen[1]} (leakage across sources)",
-                                         line=line, fix="keep each example in one source file")
+                    raise SnaketuneError(path, f"row also appears in {seen[0]}:{seen[1]} "
+                                         "(leakage across sources)", line=line,
+                                         fix="keep each example in one source file")
                 loaded.duplicates += 1
                 counts["duplicates"] += 1
                 continue
@@ -316,8 +336,9 @@ def split_rows(rows: list, ratios: dict, seed: int) -> dict[str, list]:
     return out
 
 
-def check_specialists(splits: dict[str, list], specialists: dict[str, list], config_path="config/config.yaml"):
-    """Each focus tool must occur; each specialist needs train and test rows."""
+def check_specialists(splits: dict[str, list], specialists: dict[str, list], *, config_path: str) -> None:
+    """Each focus tool must occur; each specialist needs train and test rows (else an error naming the
+    specialist's key in the config file ``config_path``)."""
     seen = {split: Counter(t for r in rows for t in gold_tools(r)) for split, rows in splits.items()}
     everywhere = sum(seen.values(), Counter())
     for name, focus in specialists.items():
@@ -329,13 +350,16 @@ def check_specialists(splits: dict[str, list], specialists: dict[str, list], con
         for split in ("train", "test"):
             has = (sum(seen[split][t] for t in focus) if focus else len(splits[split]))
             if has == 0:
-                raise SnaketuneError(config_path, f"the split leaves specialist {name!r} with no {split} rows",
+                raise SnaketuneError(config_path,
+                                     f"the split leaves specialist {name!r} with no {split} rows",
                                      field="data.split",
-                                     fix=f"add data for {', '.join(focus) or 'it'} or raise the {split} ratio")
+                                     fix=f"add data for {', '.join(focus) or 'it'} "
+                                         f"or raise the {split} ratio")
 
 
 def length_stats(rows) -> dict:
-    chars = [sum(len(m.get("content") or "") + sum(len(c["function"]["arguments"]) for c in m.get("tool_calls", []))
+    chars = [sum(len(m.get("content") or "")
+                 + sum(len(c["function"]["arguments"]) for c in m.get("tool_calls", []))
                  for m in r["messages"]) for r in rows]
     if not chars:
         return {"min_chars": 0, "max_chars": 0, "mean_chars": 0.0, "median_chars": 0.0}
@@ -360,8 +384,12 @@ def split_stats(splits, loaded: Loaded, seed: int, ratios: dict) -> dict:
 
 
 def prepare_data(sources: dict[str, str], outputs: dict[str, str], *, ratios: dict, seed: int,
+                 config_path: str,
                  on_invalid: str = "error", specialists: dict[str, list] | None = None) -> dict:
-    """The whole data stage: sources -> train/val/test JSONL + split_stats.json + rejected.jsonl."""
+    """The whole data stage: sources -> train/val/test JSONL + split_stats.json + rejected.jsonl.
+
+    ``config_path``: the config file the ratios, seed and specialists come from (errors name it).
+    """
     loaded = load_sources(sources, on_invalid)
     if len(loaded.rows) < 3:
         first = next(iter(sources), "<no sources>")
@@ -369,7 +397,7 @@ def prepare_data(sources: dict[str, str], outputs: dict[str, str], *, ratios: di
                              f"{loaded.duplicates} duplicates and {len(loaded.rejected)} invalid rows",
                              fix="provide at least 3 distinct rows (every row may be a duplicate)")
     splits = split_rows(loaded.rows, ratios, seed)
-    check_specialists(splits, specialists or {})
+    check_specialists(splits, specialists or {}, config_path=config_path)
     stats = split_stats(splits, loaded, seed, ratios)
     for name in SPLITS:
         write_jsonl(outputs[name], splits[name])

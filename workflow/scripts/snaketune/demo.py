@@ -15,6 +15,8 @@ import string
 from .errors import SnaketuneError
 from .files import write_jsonl
 
+__all__ = ["FAMILIES", "TOOLS", "PHRASINGS", "generate_demo_rows", "write_demo_dataset"]
+
 _HEX_ADDRESS = "^0x[0-9A-F]{6}$"
 _SFC_PATH = r"^[a-z0-9_]+(/[a-z0-9_]+)*\.sfc$"
 
@@ -322,14 +324,15 @@ def _make_row(phrasing, rng: random.Random) -> dict:
     }
 
 
-def generate_demo_rows(n_rows: int = 874, seed: int = 42) -> list[dict]:
+def generate_demo_rows(n_rows: int = 874, seed: int = 42, *, config_path: str | None = None) -> list[dict]:
     """``n_rows`` distinct rows, the same for the same seed, roughly balanced across the 11 tools.
 
     Rows come in rounds of twelve slots (each tool once, plus one two-call turn), shuffled per
-    round, so every tool gets about n_rows / 12 single-call rows.
+    round, so every tool gets about n_rows / 12 single-call rows. Errors about ``data.demo.rows`` name
+    the config file ``config_path``.
     """
     if isinstance(n_rows, bool) or not isinstance(n_rows, int) or n_rows < 1:
-        raise SnaketuneError("config/config.yaml", f"must be a positive integer, got {n_rows!r}",
+        raise SnaketuneError(config_path, f"must be a positive integer, got {n_rows!r}",
                              field="data.demo.rows", fix="set data.demo.rows to e.g. 874")
     rng = random.Random(seed)
     tool_names = list(PHRASINGS)
@@ -348,13 +351,13 @@ def generate_demo_rows(n_rows: int = 874, seed: int = 42) -> list[dict]:
                 if key not in seen:
                     break
             else:
-                raise SnaketuneError("config/config.yaml", f"cannot draw {n_rows} distinct demo rows",
+                raise SnaketuneError(config_path, f"cannot draw {n_rows} distinct demo rows",
                                      field="data.demo.rows", fix="ask for fewer demo rows")
             seen.add(key)
             rows.append(row)
     return rows
 
 
-def write_demo_dataset(out_path, n_rows: int = 874, seed: int = 42) -> None:
-    """Write the demo rows as JSONL to ``out_path`` (atomically)."""
-    write_jsonl(out_path, generate_demo_rows(n_rows, seed))
+def write_demo_dataset(out_path, n_rows: int, seed: int, *, config_path: str) -> None:
+    """Write the demo rows (``data.demo`` of the config file ``config_path``) as JSONL to ``out_path``."""
+    write_jsonl(out_path, generate_demo_rows(n_rows, seed, config_path=config_path))

@@ -37,6 +37,13 @@ from .errors import SnaketuneError
 from .files import atomic_path, dumps_json
 from .verify import parse_lock
 
+__all__ = [
+    "VARIANTS", "CATEGORIES", "read_env_file", "satisfying_version", "exact_pin", "merge_requests",
+    "read_env_files", "package_category", "load_settings", "pip_find_links", "compile_inputs",
+    "cuda_packages", "lock_environments", "categorise", "pin_changes", "index_drift", "drift_lines",
+    "write_lock", "main"
+]
+
 VARIANTS = ("cpu", "cuda")
 CATEGORIES = ("training", "data", "export", "tooling", "test")
 # The env file a package is asked by decides its category. When several ask, the first category in
@@ -167,7 +174,8 @@ def read_env_file(path) -> list:
         elif isinstance(item, yaml.MappingNode):
             for key, value in item.value:
                 if key.value != "pip" or not isinstance(value, yaml.SequenceNode):
-                    raise SnaketuneError(path, f"unexpected entry {key.value!r}", line=key.start_mark.line + 1,
+                    raise SnaketuneError(path, f"unexpected entry {key.value!r}",
+                                         line=key.start_mark.line + 1,
                                          field=f"dependencies[{i}]", fix="only a 'pip:' list may nest here")
                 for j, node in enumerate(value.value):
                     where = dict(line=node.start_mark.line + 1, field=f"dependencies[{i}].pip[{j}]")
@@ -177,8 +185,8 @@ def read_env_file(path) -> list:
                         raise SnaketuneError(path, f"{node.value!r} is not a pip requirement ({err})",
                                              fix="write it as name==version", **where) from None
                     if req.url:
-                        raise SnaketuneError(path, f"{node.value!r} is a URL requirement, which cannot be locked",
-                                             fix="name a PyPI release: name==version", **where)
+                        raise SnaketuneError(path, f"{node.value!r} is a URL requirement, which cannot be "
+                                             "locked", fix="name a PyPI release: name==version", **where)
                     requests.append(Request(label, canonicalize_name(req.name), str(req.specifier), "pip",
                                             where["line"], tuple(sorted(req.extras)),
                                             str(req.marker) if req.marker else None))
@@ -220,7 +228,8 @@ def satisfying_version(specifiers) -> Version | None:
     return None
 
 
-def _exact_pin(specifier: str) -> str | None:
+def exact_pin(specifier: str) -> str | None:
+    """The version a ``==`` / ``===`` specifier pins exactly; None for a range or a wildcard."""
     m = re.fullmatch(r"===?([^,*<>=!~\s]+)", specifier.replace(" ", ""))
     return m.group(1) if m else None
 
@@ -242,7 +251,8 @@ def merge_requests(requests) -> dict:
         if len(markers) > 1:
             a, b = _first_with(reqs, markers[0]), _first_with(reqs, markers[1])
             raise SnaketuneError(b.env, f"{name}: {a.env} asks it with marker {a.marker!r} but {b.env} with "
-                                        f"{b.marker!r}; one lock line cannot carry both", line=b.line, field=name,
+                                        f"{b.marker!r}; one lock line cannot carry both", line=b.line,
+                                        field=name,
                                  fix="use the same environment marker (or none) in every env file")
         item = Merged(name, kind, reqs, specs[0], extras, markers[0] or None)
         if len(specs) > 1:
@@ -281,23 +291,24 @@ def _resolve_disagreement(name: str, reqs) -> tuple[str, dict]:
     specs = sorted({r.specifier for r in reqs})
     witness = satisfying_version(specs)
     if witness is None:  # each pair overlaps but all together do not (possible with '!=')
-        raise SnaketuneError(reqs[-1].env, f"{name}: {', '.join(f'{r.env} asks {name}{r.specifier}' for r in reqs)}; "
+        raise SnaketuneError(reqs[-1].env,
+                             f"{name}: {', '.join(f'{r.env} asks {name}{r.specifier}' for r in reqs)}; "
                                            "no version satisfies all of them", field=name,
                              fix=f"pin the same {name} version in every env file that asks for it")
     combined = str(SpecifierSet(",".join(s for s in specs if s)))
-    pins = sorted({p for p in (_exact_pin(s) for s in specs) if p})
+    pins = sorted({p for p in (exact_pin(s) for s in specs) if p})
     asked = "; ".join(f"{r.env} asks {name}{r.specifier or ' (any version)'}" for r in reqs)
     if pins and all(SpecifierSet(s).contains(pins[0], prereleases=True) for s in specs if s):
         resolved = f"=={pins[0]}"
-        pinned_by = sorted({r.env for r in reqs if _exact_pin(r.specifier) == pins[0]})
+        pinned_by = sorted({r.env for r in reqs if exact_pin(r.specifier) == pins[0]})
         why = (f"{asked}. {name}=={pins[0]} (pinned by {', '.join(pinned_by)}) satisfies every other "
                f"specifier, so the intersection is that one version: every env keeps a version it accepts "
                f"and the lock stays exact")
     else:
         resolved = combined
         why = (f"{asked}. The ranges overlap (e.g. {witness} satisfies all of them), so the lock asks for "
-               f"their intersection {name}{combined or ' (any version)'} and uv picks the newest release in it, "
-               f"which every env accepts")
+               f"their intersection {name}{combined or ' (any version)'} and uv picks the newest release in "
+               f"it, which every env accepts")
     return resolved, {
         "package": name,
         "requests": _requests_by_env(reqs),
@@ -308,7 +319,8 @@ def _resolve_disagreement(name: str, reqs) -> tuple[str, dict]:
 
 
 def _extras_note(name: str, reqs, extras) -> dict:
-    asked = {r.env: f"{name}[{','.join(r.extras)}]{r.specifier}" if r.extras else f"{name}{r.specifier}" for r in reqs}
+    asked = {r.env: f"{name}[{','.join(r.extras)}]{r.specifier}" if r.extras else f"{name}{r.specifier}"
+             for r in reqs}
     return {
         "package": name,
         "requests": dict(sorted(asked.items())),
@@ -396,7 +408,8 @@ def uv_command() -> list:
     found = shutil.which("uv")
     if found:
         return [found]
-    raise SnaketuneError("envs/lock.yaml", "uv is not installed", fix="pip install uv==0.13.8 (see envs/lock.yaml)")
+    raise SnaketuneError("envs/lock.yaml", "uv is not installed",
+                         fix="pip install uv==0.13.8 (see envs/lock.yaml)")
 
 
 # ---------------------------------------------------------------- resolving
@@ -409,7 +422,7 @@ def _uv_env() -> dict:
 
 def python_version(merged: dict) -> str:
     item = merged.get("conda:python")
-    pin = _exact_pin(item.specifier) if item else None
+    pin = exact_pin(item.specifier) if item else None
     if not pin:
         where = item.envs[0] if item else "envs/"
         raise SnaketuneError(where, "no exact python pin to resolve the lock for", field="python",
@@ -427,9 +440,10 @@ def compile_inputs(merged: dict, variant: str, settings: dict) -> list:
         if item.kind != "pip":
             continue
         if variant == "cpu" and name in {canonicalize_name(p) for p in settings["cpu"]["packages"]}:
-            pin = _exact_pin(item.specifier)
+            pin = exact_pin(item.specifier)
             if not pin:
-                raise SnaketuneError(item.envs[0], f"{name}{item.specifier} is not an exact pin; the CPU lock "
+                raise SnaketuneError(item.envs[0],
+                                     f"{name}{item.specifier} is not an exact pin; the CPU lock "
                                                    f"needs one to ask for its +{local} build",
                                      field=name, fix=f"pin {name}==<version> in {', '.join(item.envs)}")
             base = Version(pin).public
@@ -438,8 +452,8 @@ def compile_inputs(merged: dict, variant: str, settings: dict) -> list:
     return sorted(lines)
 
 
-def run_uv_compile(lines, *, python: str, settings: dict, find_links=(), uv=None, preferences: str | None = None,
-                   upgrade: bool = False, upgrade_packages=()) -> str:
+def run_uv_compile(lines, *, python: str, settings: dict, find_links=(), uv=None,
+                   preferences: str | None = None, upgrade: bool = False, upgrade_packages=()) -> str:
     """``uv pip compile`` of the lines; returns its output (one ``pin  # via ...`` per line).
 
     ``preferences`` (the text of an existing lock) is handed to uv as its output file, so uv keeps those
@@ -448,8 +462,8 @@ def run_uv_compile(lines, *, python: str, settings: dict, find_links=(), uv=None
     uv = uv or uv_command()
     with tempfile.TemporaryDirectory(prefix="snaketune-lock-") as tmp:
         Path(tmp, _INPUT_NAME).write_text("\n".join(lines) + "\n", encoding="utf-8")
-        args = [*uv, "pip", "compile", _INPUT_NAME, "--no-config", "--no-header", "--annotation-style", "line",
-                "--python-version", python, "--python-platform", settings["python_platform"],
+        args = [*uv, "pip", "compile", _INPUT_NAME, "--no-config", "--no-header", "--annotation-style",
+                "line", "--python-version", python, "--python-platform", settings["python_platform"],
                 "--default-index", settings["index_url"], "--color", "never"]
         if settings["exclude_newer"]:
             args += ["--exclude-newer", settings["exclude_newer"]]
@@ -467,7 +481,8 @@ def run_uv_compile(lines, *, python: str, settings: dict, find_links=(), uv=None
             # PyPI unreachable? uv's cache may hold everything this resolution needs.
             if preferences is not None:
                 Path(tmp, _PREFERENCES_NAME).write_text(preferences, encoding="utf-8")
-            offline = subprocess.run([*args, "--offline"], cwd=tmp, capture_output=True, text=True, env=_uv_env())
+            offline = subprocess.run([*args, "--offline"], cwd=tmp, capture_output=True, text=True,
+                                     env=_uv_env())
             if offline.returncode == 0:
                 print("warning: PyPI unreachable; resolved from uv's cache (--offline)", file=sys.stderr)
                 proc = offline
@@ -512,7 +527,8 @@ def _header(variant: str, python: str, settings: dict) -> list:
 
 
 def lock_environments(env_files, settings=None, variant: str = "cpu", *, find_links=None, uv=None,
-                      preferences: str | None = None, upgrade: bool = False, upgrade_packages=()) -> LockResult:
+                      preferences: str | None = None, upgrade: bool = False,
+                      upgrade_packages=()) -> LockResult:
     """Merge the env files and resolve one lock variant; returns its text and report (nothing written).
 
     ``preferences``: an existing lock's text whose pins are kept (see ``run_uv_compile``).
@@ -523,15 +539,16 @@ def lock_environments(env_files, settings=None, variant: str = "cpu", *, find_li
     if variant == "cpu":
         find_links = pip_find_links() if find_links is None else list(find_links)
         if not find_links:
-            raise SnaketuneError("pip config", "no find-links configured; the CPU lock needs the torch +cpu wheel",
+            raise SnaketuneError("pip config",
+                                 "no find-links configured; the CPU lock needs the torch +cpu wheel",
                                  field="find-links",
                                  fix="point pip at a folder holding it: export PIP_FIND_LINKS=/opt/wheels "
                                      "(or pip config set global.find-links /opt/wheels)")
     else:
         find_links = []
     lines = compile_inputs(merged, variant, settings)
-    pins = parse_uv_output(run_uv_compile(lines, python=python, settings=settings, find_links=find_links, uv=uv,
-                                          preferences=preferences, upgrade=upgrade,
+    pins = parse_uv_output(run_uv_compile(lines, python=python, settings=settings, find_links=find_links,
+                                          uv=uv, preferences=preferences, upgrade=upgrade,
                                           upgrade_packages=upgrade_packages))
     cuda = cuda_packages(pins)
     if variant == "cpu" and cuda:
@@ -546,16 +563,17 @@ def lock_environments(env_files, settings=None, variant: str = "cpu", *, find_li
             via = merged[name].envs + via
         body.append(f"{req}  # via {', '.join(via)}" if via else req)
     text = "\n".join(_header(variant, python, settings) + body) + "\n"
-    report = build_report(merged, pins, variant=variant, python=python, settings=settings, find_links=find_links,
-                          env_files=env_files)
+    report = build_report(merged, pins, variant=variant, python=python, settings=settings,
+                          find_links=find_links, env_files=env_files)
     return LockResult(variant, text, report)
 
 
-def _categorise(merged: dict, pins: dict) -> dict:
+def categorise(merged: dict, pins: dict) -> dict:
     """Category of every locked package: its env files' for direct ones, its dependents' for the rest."""
     cats = {name: package_category(item) for name, item in merged.items() if item.kind == "pip"}
     rank = {c: i for i, c in enumerate(CATEGORY_PRIORITY)}
-    parents = {name: [canonicalize_name(p) for p in via if not p.startswith("-r")] for name, (_, via) in pins.items()}
+    parents = {name: [canonicalize_name(p) for p in via if not p.startswith("-r")]
+               for name, (_, via) in pins.items()}
     changed = True
     while changed:  # propagate down the dependency graph until nothing changes (graphs may have cycles)
         changed = False
@@ -572,7 +590,7 @@ def _categorise(merged: dict, pins: dict) -> dict:
 
 
 def build_report(merged, pins, *, variant, python, settings, find_links, env_files) -> dict:
-    categories = _categorise(merged, pins)
+    categories = categorise(merged, pins)
     packages = {}
     for name in sorted(pins):
         req, parents = pins[name]
@@ -585,7 +603,7 @@ def build_report(merged, pins, *, variant, python, settings, find_links, env_fil
         if name in merged:
             item = merged[name]
             entry["requested_by"] = _requests_by_env(item.requests)
-            entry["pinned_exactly"] = all(_exact_pin(r.specifier) for r in item.requests)
+            entry["pinned_exactly"] = all(exact_pin(r.specifier) for r in item.requests)
         packages[name] = entry
     conda = {item.name: {"requested_by": _requests_by_env(item.requests), "specifier": item.specifier}
              for item in merged.values() if item.kind == "conda"}
@@ -679,7 +697,8 @@ def write_lock(env_files, settings_path, lock_out, report_out, *, variant=None, 
         for line in drift_lines(report["index_drift"], variant):
             print(line)
     for conflict in report["conflicts"]:
-        print(f"conflict {conflict['package']}: {conflict['resolution']} -> {conflict['resolved_to']}: {conflict['why']}")
+        print(f"conflict {conflict['package']}: {conflict['resolution']} -> {conflict['resolved_to']}: "
+              f"{conflict['why']}")
     print(f"lock: {report['package_count']} packages, {len(report['conflicts'])} conflicts resolved, "
           f"{len(report['cuda_packages'])} CUDA packages")
     with atomic_path(lock_out) as lock_tmp, atomic_path(report_out) as report_tmp:
@@ -693,11 +712,12 @@ def main(argv=None) -> int:
     committed locks in envs/lock/. Committed pins are kept unless ``--upgrade`` / ``--upgrade-package``."""
     parser = argparse.ArgumentParser(prog="python -m snaketune.envlock", description=main.__doc__)
     parser.add_argument("action", choices=["write", "check", "drift"],
-                        help="write: re-lock (keeping pins) and write; check: fail if re-locking would change "
-                             "the committed lock; drift: list what a fresh resolution would move")
+                        help="write: re-lock (keeping pins) and write; check: fail if re-locking would "
+                             "change the committed lock; drift: list what a fresh resolution would move")
     parser.add_argument("--envs", default="envs", help="folder of the env files (default: envs)")
     parser.add_argument("--variant", choices=VARIANTS, action="append", help="default: both")
-    parser.add_argument("--upgrade", action="store_true", help="write: let every pin move to the newest allowed")
+    parser.add_argument("--upgrade", action="store_true",
+                        help="write: let every pin move to the newest allowed")
     parser.add_argument("--upgrade-package", action="append", default=[], metavar="NAME",
                         help="write: let this package's pin move (repeatable)")
     args = parser.parse_args(argv)
@@ -713,8 +733,8 @@ def main(argv=None) -> int:
                 for line in drift_lines(index_drift(env_files, settings, variant, current or ""), variant):
                     print(line)
                 continue
-            result = lock_environments(env_files, settings, variant, preferences=current, upgrade=args.upgrade,
-                                       upgrade_packages=args.upgrade_package)
+            result = lock_environments(env_files, settings, variant, preferences=current,
+                                       upgrade=args.upgrade, upgrade_packages=args.upgrade_package)
         except SnaketuneError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
@@ -722,7 +742,8 @@ def main(argv=None) -> int:
         if args.action == "write":
             with atomic_path(target) as tmp:
                 tmp.write_text(result.text, encoding="utf-8")
-            moved = "; ".join(f"{d['package']} {d['locked']} -> {d['resolvable']}" for d in changes) or "no pin moved"
+            moved = "; ".join(f"{d['package']} {d['locked']} -> {d['resolvable']}" for d in changes) \
+                or "no pin moved"
             print(f"wrote {target} ({result.report['package_count']} packages; {moved})")
         elif current != result.text:
             print(f"{target} is out of date: run `python -m snaketune.envlock write`"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+__all__ = ["SnaketuneError", "field_path", "config_error"]
+
 
 class SnaketuneError(Exception):
     """A problem in the user's data, config or environment.
@@ -20,10 +22,9 @@ class SnaketuneError(Exception):
 
     @property
     def message(self) -> str:
-        where = self.path or "<input>"
-        if self.line is not None:
-            where += f":{self.line}"
-        text = f"{where}: "
+        text = ""
+        if self.path is not None:  # None: no file to name (a config key given without its file)
+            text = self.path + (f":{self.line}" if self.line is not None else "") + ": "
         if self.field:
             text += f"{self.field}: "
         text += self.problem
@@ -43,7 +44,7 @@ def field_path(parts) -> str:
     return out
 
 
-def config_error(key: str, problem: str, fix: str | None = None,
-                 path: str = "config/config.yaml") -> SnaketuneError:
-    """An error about a config key (the key path is the 'field')."""
-    return SnaketuneError(path, problem, field=key, fix=fix)
+def config_error(key: str, problem: str, fix: str | None = None, *,
+                 config_path: str | None) -> SnaketuneError:
+    """An error about a config key (the key path is the 'field') in the config file ``config_path``."""
+    return SnaketuneError(config_path, problem, field=key, fix=fix)

@@ -16,10 +16,23 @@ import jsonschema
 import yaml
 
 from . import metrics
-from .chat_template import apply_template, attach_template, prompt_tools_rendered, specialist_chat, specialist_rows, split_prompt, stop_token_ids
+from .chat_template import (
+    apply_template,
+    attach_template,
+    prompt_tools_rendered,
+    specialist_chat,
+    specialist_rows,
+    split_prompt,
+    stop_token_ids,
+)
 from .errors import SnaketuneError
-from .files import atomic_path, dumps_json, read_jsonl, sha256_file, sha256_tree, write_json, write_jsonl
+from .files import atomic_path, read_jsonl, sha256_file, sha256_tree, write_json, write_jsonl
 from .generation import generate
+
+__all__ = [
+    "test_subset", "build_prompts", "score_generations", "rescore_generations", "validate_result",
+    "load_for_eval", "evaluate", "summarise"
+]
 
 SCHEMA_PATH = Path(__file__).resolve().parents[3] / "config" / "schemas" / "eval_result.schema.yaml"
 
@@ -40,7 +53,8 @@ def build_prompts(tokenizer, rows, settings) -> list[dict]:
     Every tool of the row is shown, as training showed them (``all`` or ``compact``); ``called`` would
     list only the gold answer's tools and so leak the answer into the prompt: eval shows all instead.
     """
-    settings = {**settings, "train": {**settings.get("train", {}), "tools_rendered": prompt_tools_rendered(settings)}}
+    train = {**settings.get("train", {}), "tools_rendered": prompt_tools_rendered(settings)}
+    settings = {**settings, "train": train}
     prompts = []
     for row in rows:
         messages, tools = specialist_chat(row, settings)
@@ -85,18 +99,20 @@ def assistant_loss(model, tokenizer, rows, settings, batch_size: int = 8) -> flo
     return total / count if count else None
 
 
-def score_generations(records: list[dict], targets: dict) -> dict:
-    """Metrics of a generations file's records (used for the eval JSON and to recheck it by hand)."""
+def score_generations(records: list[dict], targets: dict, *, config_path: str | None = None) -> dict:
+    """Metrics of a generations file's records (used for the eval JSON and to recheck it by hand);
+    ``targets`` are ``eval.targets`` of the config file ``config_path``."""
     tool_verdicts = [r["verdict"] for r in records if r["kind"] == "tool"]
     text_verdicts = [r["verdict"] for r in records if r["kind"] == "text"]
     out = {"tool": metrics.aggregate(tool_verdicts) if tool_verdicts else None,
            "text": metrics.aggregate_text(text_verdicts) if text_verdicts else None}
     headline = out["tool"] or out["text"]
-    out["targets"] = metrics.targets_report(headline, {k: v for k, v in targets.items() if k in headline}) if headline else {}
+    out["targets"] = metrics.targets_report(headline, {k: v for k, v in targets.items() if k in headline},
+                                            config_path=config_path) if headline else {}
     return out
 
 
-def rescore_generations(path, targets: dict) -> dict:
+def rescore_generations(path, targets: dict, *, config_path: str | None = None) -> dict:
     """Recompute the metrics from a generations JSONL (parsing the raw text again)."""
     records = []
     for rec in read_jsonl(path):
@@ -106,7 +122,7 @@ def rescore_generations(path, targets: dict) -> dict:
         else:
             rec["verdict"] = metrics.score_text(rec["text"], rec["gold_text"])
         records.append(rec)
-    return score_generations(records, targets)
+    return score_generations(records, targets, config_path=config_path)
 
 
 def model_fingerprint(base_cfg: dict) -> str:
@@ -114,25 +130,30 @@ def model_fingerprint(base_cfg: dict) -> str:
     from .modeling import base_identity
 
     ident = base_identity(base_cfg["name_or_path"], base_cfg.get("revision"))
-    return f"sha256:{ident['sha256']}" if ident["sha256"] else f"{ident['name_or_path']}@{ident['revision'] or 'unpinned'}"
+    if ident["sha256"]:
+        return f"sha256:{ident['sha256']}"
+    return f"{ident['name_or_path']}@{ident['revision'] or 'unpinned'}"
 
 
 def validate_result(result: dict) -> None:
     schema = yaml.safe_load(SCHEMA_PATH.read_text(encoding="utf-8"))
     err = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(result))
     if err is not None:  # our own bug, not the user's: fail loudly before anything is written
-        raise RuntimeError(f"eval result breaks {SCHEMA_PATH.name}: {'/'.join(map(str, err.absolute_path))}: {err.message}")
+        where = "/".join(map(str, err.absolute_path))
+        raise RuntimeError(f"eval result breaks {SCHEMA_PATH.name}: {where}: {err.message}")
 
 
-def load_for_eval(base_cfg: dict, adapter_dir=None, threads: int | None = None):
-    """(model, tokenizer) in eval mode: the base, or the base with the adapter merged in."""
+def load_for_eval(base_cfg: dict, adapter_dir=None, threads: int | None = None, *,
+                  config_path: str | None = None):
+    """(model, tokenizer) in eval mode: the base (``base_model`` of the config file ``config_path``), or the
+    base with the adapter merged in."""
     import torch
 
     from .modeling import load_base
 
     if threads:
         torch.set_num_threads(threads)
-    model, tokenizer = load_base(base_cfg)
+    model, tokenizer = load_base(base_cfg, config_path=config_path)
     attach_template(tokenizer)
     if adapter_dir is not None:
         from peft import PeftModel
@@ -144,15 +165,19 @@ def load_for_eval(base_cfg: dict, adapter_dir=None, threads: int | None = None):
 
 
 def evaluate(*, base_cfg: dict, test_path, settings: dict, eval_cfg: dict, out_json, out_generations,
-             out_timing, adapter_dir=None, threads: int | None = None, progress: bool = True) -> dict:
-    """Score one model (base, or base + adapter) on one specialist's test subset and write the files."""
+             out_timing, config_path: str, adapter_dir=None, threads: int | None = None,
+             progress: bool = True) -> dict:
+    """Score one model (base, or base + adapter) on one specialist's test subset and write the files.
+
+    ``base_cfg``, ``settings`` and ``eval_cfg`` come from the config file ``config_path`` (errors name it).
+    """
     rows = test_subset(test_path, settings, eval_cfg.get("max_examples"))
-    model, tokenizer = load_for_eval(base_cfg, adapter_dir, threads)
+    model, tokenizer = load_for_eval(base_cfg, adapter_dir, threads, config_path=config_path)
     prompts = build_prompts(tokenizer, rows, settings)
     started = time.perf_counter()
     outputs, n_generated = generate(model, tokenizer, [p["ids"] for p in prompts],
-                                    batch_size=eval_cfg["batch_size"], max_new_tokens=eval_cfg["max_new_tokens"],
-                                    progress=progress)
+                                    batch_size=eval_cfg["batch_size"],
+                                    max_new_tokens=eval_cfg["max_new_tokens"], progress=progress)
     seconds = time.perf_counter() - started
     records = []
     for prompt, out_ids in zip(prompts, outputs):
@@ -170,7 +195,7 @@ def evaluate(*, base_cfg: dict, test_path, settings: dict, eval_cfg: dict, out_j
             rec = {"id": row["id"], "kind": "text", "text": text, "gold_text": gold_text,
                    "verdict": metrics.score_text(text, gold_text)}
         records.append(rec)
-    scores = score_generations(records, eval_cfg["targets"])
+    scores = score_generations(records, eval_cfg["targets"], config_path=config_path)
     loss = assistant_loss(model, tokenizer, rows, settings)
     result = {
         "specialist": settings["name"],
@@ -183,7 +208,8 @@ def evaluate(*, base_cfg: dict, test_path, settings: dict, eval_cfg: dict, out_j
         "targets": scores["targets"],
         "targets_met": all(t["passed"] for t in scores["targets"].values()) if scores["targets"] else False,
         "generation": {"batch_size": eval_cfg["batch_size"], "max_new_tokens": eval_cfg["max_new_tokens"],
-                       "decoding": "greedy", "stop_tokens": tokenizer.convert_ids_to_tokens(stop_token_ids(tokenizer)),
+                       "decoding": "greedy",
+                       "stop_tokens": tokenizer.convert_ids_to_tokens(stop_token_ids(tokenizer)),
                        "generated_tokens": n_generated, "system_prompt": settings.get("system_prompt", ""),
                        "tools_rendered": prompt_tools_rendered(settings)},
         "hashes": {"base_model": model_fingerprint(base_cfg),
@@ -206,7 +232,8 @@ def evaluate(*, base_cfg: dict, test_path, settings: dict, eval_cfg: dict, out_j
 
 # ---------------------------------------------------------------- summary
 
-SUMMARY_METRICS = ("exact_match", "tool_accuracy", "param_precision", "param_recall", "param_f1", "json_valid_rate")
+SUMMARY_METRICS = ("exact_match", "tool_accuracy", "param_precision", "param_recall", "param_f1",
+                   "json_valid_rate")
 
 
 def summarise(base_paths: dict, tuned_paths: dict, out_json, out_md) -> dict:
@@ -230,7 +257,8 @@ def summarise(base_paths: dict, tuned_paths: dict, out_json, out_md) -> dict:
              "|---|---|" + "---|" * len(SUMMARY_METRICS) + "---|"]
     fmt = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
     for row in rows:
-        cells = [f"{fmt(m['base'])} → {fmt(m['tuned'])} ({'+' if (m['delta'] or 0) >= 0 else ''}{fmt(m['delta'])})"
+        cells = [f"{fmt(m['base'])} → {fmt(m['tuned'])} "
+                 f"({'+' if (m['delta'] or 0) >= 0 else ''}{fmt(m['delta'])})"
                  for m in row["metrics"].values()]
         lines.append(f"| {row['specialist']} | {row['n_examples']} | " + " | ".join(cells)
                      + f" | {'yes' if row['targets_met'] else 'no'} |")
@@ -238,6 +266,3 @@ def summarise(base_paths: dict, tuned_paths: dict, out_json, out_md) -> dict:
     with atomic_path(out_md) as tmp:
         tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return summary
-
-
-__all__ = ["evaluate", "summarise", "rescore_generations", "generate", "build_prompts", "test_subset", "dumps_json"]

@@ -11,6 +11,11 @@ import shutil
 import tempfile
 from pathlib import Path
 
+__all__ = [
+    "atomic_path", "dumps_json", "write_json", "read_json", "write_jsonl", "read_jsonl", "sha256_file",
+    "sha256_tree"
+]
+
 
 @contextlib.contextmanager
 def atomic_path(final, *, directory: bool = False):

@@ -1,4 +1,4 @@
-"""Greedy generation for the eval stage: fast batched decoding that equals ``model.generate`` one prompt at a time.
+"""Greedy generation for the eval stage: batched decoding that equals ``model.generate`` one prompt at a time.
 
 ``generate`` is what eval (and the benchmarks) call; ``generate_one_at_a_time`` is the plain reference it
 must equal token for token (tests/test_eval.py) and the baseline of bench/eval_throughput.py.
@@ -6,9 +6,13 @@ must equal token for token (tests/test_eval.py) and the baseline of bench/eval_t
 
 from __future__ import annotations
 
-import time
+import functools
 
 from .chat_template import stop_token_ids
+
+__all__ = [
+    "generate_one_at_a_time", "generate", "generate_left_padded", "DRAFT_TOKENS", "SharedPrefixDecoder"
+]
 
 
 def generate_one_at_a_time(model, tokenizer, prompt_ids: list[list[int]], max_new_tokens: int):
@@ -42,13 +46,13 @@ def generate(model, tokenizer, prompt_ids: list[list[int]], *, batch_size: int, 
     ``max_new_tokens``).
 
     The prompts of one specialist share a long prefix (system prompt and tool list), so they go through
-    ``_SharedPrefixDecoder``: the common prefix is prefilled once and every row attends to that one copy
+    ``SharedPrefixDecoder``: the common prefix is prefilled once and every row attends to that one copy
     (``_prefix_attention``); our own greedy loop over the model's forward verifies prompt-lookup drafts
     (what followed the same n-gram earlier in the prompt, the output or another row's output), several
     tokens per pass where that pays; a finished row leaves the batch and the next prompt takes its place.
     The outputs are those of ``model.generate`` one prompt at a time, token for token (tests/test_eval.py
-    checks it; the arithmetic differs in the last bits, as batched ``model.generate``'s already did, so an
-    argmax near-tie could in principle go the other way), and the same on every run. A
+    checks it; batched arithmetic differs from one prompt at a time in the last bits, as in any batched
+    decoding, so an argmax near-tie could in principle go the other way), and the same on every run. A
     model it does not fit (encoder-decoder, sliding-window or linear-attention layers, an attention call
     it cannot serve, logits processors in the generation config, ...) goes through ``model.generate`` in
     left-padded batches instead.
@@ -65,7 +69,7 @@ def generate(model, tokenizer, prompt_ids: list[list[int]], *, batch_size: int, 
         results[i] = new
         bar.update(1)
 
-    decoder = _SharedPrefixDecoder.for_model(model, prompt_ids, stops, pad, max_new_tokens)
+    decoder = SharedPrefixDecoder.for_model(model, prompt_ids, stops, pad, max_new_tokens)
     if decoder is not None:
         try:
             decoder.run(prompt_ids, order, batch_size, done)
@@ -74,7 +78,8 @@ def generate(model, tokenizer, prompt_ids: list[list[int]], *, batch_size: int, 
     rest = [i for i in order if i not in results]
     for start in range(0, len(rest), batch_size):
         batch = rest[start:start + batch_size]
-        for i, new in zip(batch, _generate_hf(model, [prompt_ids[i] for i in batch], stops, pad, max_new_tokens)):
+        outputs = generate_left_padded(model, [prompt_ids[i] for i in batch], stops, pad, max_new_tokens)
+        for i, new in zip(batch, outputs):
             results[i] = new
         bar.update(len(batch))
     bar.close()
@@ -88,7 +93,7 @@ def generate(model, tokenizer, prompt_ids: list[list[int]], *, batch_size: int, 
     return outputs, generated
 
 
-def _generate_hf(model, seqs, stops, pad, max_new_tokens) -> list[list[int]]:
+def generate_left_padded(model, seqs, stops, pad, max_new_tokens) -> list[list[int]]:
     """One batch through ``model.generate``, left padded: the fallback of ``generate``."""
     import torch
 
@@ -111,11 +116,11 @@ def _input_device(model):
 
 
 class _Unsupported(Exception):
-    """The model does not fit ``_SharedPrefixDecoder``: ``generate`` falls back to ``model.generate``."""
+    """The model does not fit ``SharedPrefixDecoder``: ``generate`` falls back to ``model.generate``."""
 
 
 _PREFIX_ATTENTION = "snaketune_shared_prefix"
-_DRAFT_TOKENS = 4  # prompt-lookup draft tokens verified per row and step, at most
+DRAFT_TOKENS = 4  # prompt-lookup draft tokens verified per row and step, at most
 _DRAFT_NGRAM = 3  # longest n-gram looked up (then shorter ones, down to 1); 2 or 3
 # a forward pass's fixed cost in token slots: on one CPU thread with the tiny base a pass costs ~0.45 ms
 # plus ~0.035-0.05 ms per row and token; 8 did best of 6-12 there (a GPU would want a much larger figure)
@@ -127,18 +132,21 @@ _SHARED_SCORES_MAX_QUERIES = 8  # query tokens per row up to which the prefix's 
 _NEUTRAL_GENERATION = {"repetition_penalty": (None, 1.0), "encoder_repetition_penalty": (None, 1.0),
                        "no_repeat_ngram_size": (None, 0), "encoder_no_repeat_ngram_size": (None, 0),
                        "bad_words_ids": (None,), "suppress_tokens": (None,), "begin_suppress_tokens": (None,),
-                       "forced_bos_token_id": (None,), "forced_eos_token_id": (None,), "sequence_bias": (None,),
+                       "forced_bos_token_id": (None,), "forced_eos_token_id": (None,),
+                       "sequence_bias": (None,),
                        "min_length": (None, 0), "min_new_tokens": (None, 0), "guidance_scale": (None, 1.0),
                        "exponential_decay_length_penalty": (None,), "watermarking_config": (None,)}
 # attention arguments the shared-prefix attention does not implement
-_ATTENTION_EXTRAS = ("position_bias", "alibi", "s_aux", "sinks", "softcap", "sliding_window", "attention_chunk_size")
+_ATTENTION_EXTRAS = ("position_bias", "alibi", "s_aux", "sinks", "softcap", "sliding_window",
+                     "attention_chunk_size")
 
 
 class _PrefixState:
     """What one forward pass hands to ``_prefix_attention`` through the model's attention kwargs."""
 
     def __init__(self, prefix, mask):
-        self.prefix = prefix  # per layer (keys, values) of the shared prefix, each [1, kv_heads, P, dim]; or None
+        # per layer (keys, values) of the shared prefix, each [1, kv_heads, P, dim]; or None
+        self.prefix = prefix
         self.mask = mask  # [rows, 1, queries, columns]: additive float mask over the rows' own columns
         self.calls = 0
 
@@ -174,13 +182,15 @@ def _prefix_attention(module, query, key, value, attention_mask, scaling=None, d
             p_keys, p_values = state.prefix[module.layer_idx]
             key = torch.cat([p_keys.expand(rows, -1, -1, -1), key], dim=2)
             value = torch.cat([p_values.expand(rows, -1, -1, -1), value], dim=2)
-            mask = torch.cat([mask.new_zeros(rows, 1, q, p_keys.shape[2]), mask.expand(rows, 1, q, n)], dim=-1)
+            mask = torch.cat([mask.new_zeros(rows, 1, q, p_keys.shape[2]), mask.expand(rows, 1, q, n)],
+                             dim=-1)
         out = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scale,
                                                                enable_gqa=group > 1)
         return out.transpose(1, 2).contiguous(), None
     p_keys, p_values = state.prefix[module.layer_idx]
     p_len = p_keys.shape[2]
-    grouped = (query * scale).reshape(rows, kv_heads, group * q, dim)  # the query heads of one kv head together
+    # the query heads of one kv head together
+    grouped = (query * scale).reshape(rows, kv_heads, group * q, dim)
     own = torch.matmul(grouped, key.transpose(2, 3)).view(rows, kv_heads, group, q, n)
     own = own.add_(attention_mask.unsqueeze(2)).view(rows, kv_heads, group * q, n)
     flat = grouped.transpose(0, 1).reshape(kv_heads, rows * group * q, dim)
@@ -200,86 +210,101 @@ def _register_prefix_attention() -> None:
         AttentionInterface.register(_PREFIX_ATTENTION, _prefix_attention)
 
 
-def _own_columns_layer(capacity: int, prefix_len: int, row_capacity: int = 0):
-    """A cache layer for the rows' own columns (suffix, then output), preallocated for ``capacity`` columns
-    and ``row_capacity`` rows: no copy per step, rows leave and join in place."""
-    import torch
+class _OwnColumnsStore:
+    """Cache-layer behaviour for the rows' own columns (suffix, then output), preallocated for ``capacity``
+    columns and ``row_capacity`` rows: no copy per step, rows leave and join in place.
+
+    Mixed into transformers' ``DynamicLayer`` by ``_own_columns_layer`` (transformers is imported lazily).
+    """
+
+    def __init__(self, capacity: int, prefix_len: int, row_capacity: int = 0):
+        super().__init__()
+        self.capacity, self.prefix_len, self.row_capacity = capacity, prefix_len, row_capacity
+        self.length = 0  # columns in use
+        self.rows = 0  # rows in use
+
+    def lazy_initialization(self, key_states, value_states):
+        self.dtype, self.device = key_states.dtype, key_states.device
+        rows = max(self.row_capacity, key_states.shape[0])
+        self._keys = key_states.new_zeros((rows, key_states.shape[1], self.capacity, key_states.shape[3]))
+        self._values = value_states.new_zeros((rows, value_states.shape[1], self.capacity,
+                                               value_states.shape[3]))
+        self.rows = key_states.shape[0]
+        self.is_initialized = True
+
+    def _reserve(self, end):
+        if end > self._keys.shape[2]:  # grow (zeros: masked columns must never hold NaN)
+            size = max(end, 2 * self._keys.shape[2])
+            for name in ("_keys", "_values"):
+                old = getattr(self, name)
+                new = old.new_zeros(old.shape[:2] + (size, old.shape[3]))
+                new[:, :, :self.length] = old[:, :, :self.length]
+                setattr(self, name, new)
+
+    def _views(self):
+        self.keys = self._keys[:self.rows, :, :self.length]
+        self.values = self._values[:self.rows, :, :self.length]
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        start, end = self.length, self.length + key_states.shape[2]
+        self._reserve(end)
+        self._keys[:self.rows, :, start:end] = key_states
+        self._values[:self.rows, :, start:end] = value_states
+        self.length = end
+        self._views()
+        return self.keys, self.values
+
+    def get_seq_length(self):
+        return self.prefix_len + self.length
+
+    def batch_select_indices(self, indices):
+        self._keys, self._values = self._keys[indices], self._values[indices]
+        self.rows = len(indices)
+        self._views()
+
+    def remove_rows(self, positions):
+        """Drop rows: each in turn, highest first, takes the last row in its place (as ``_Batch`` does)."""
+        for j in sorted(positions, reverse=True):
+            last = self.rows - 1
+            if j != last:
+                self._keys[j, :, :self.length] = self._keys[last, :, :self.length]
+                self._values[j, :, :self.length] = self._values[last, :, :self.length]
+            self.rows = last
+        self._views()
+
+    def add_rows(self, keys, values, end):
+        """Append rows (their keys and values) with their columns ending at column ``end``."""
+        import torch
+
+        if not self.is_initialized:
+            self.lazy_initialization(keys[:0], values[:0])
+        self._reserve(end)
+        if end > self.length:  # the existing rows have nothing there: masked
+            self.length = end
+        first, last = self.rows, self.rows + keys.shape[0]
+        if last > self._keys.shape[0]:  # more rows than planned
+            self._keys, self._values = (torch.cat([store,
+                                                   store.new_zeros((last - len(store),) + store.shape[1:])])
+                                        for store in (self._keys, self._values))
+        for store, part in ((self._keys, keys), (self._values, values)):
+            store[first:last, :, :end - part.shape[2]] = 0
+            store[first:last, :, end - part.shape[2]:end] = part
+        self.rows = last
+        self._views()
+
+
+@functools.cache
+def _own_columns_class():
     from transformers.cache_utils import DynamicLayer
 
-    class OwnColumns(DynamicLayer):
-        def __init__(self):
-            super().__init__()
-            self.length = 0  # columns in use
-            self.rows = 0  # rows in use
+    return type("OwnColumns", (_OwnColumnsStore, DynamicLayer), {})
 
-        def lazy_initialization(self, key_states, value_states):
-            self.dtype, self.device = key_states.dtype, key_states.device
-            rows = max(row_capacity, key_states.shape[0])
-            self._keys = key_states.new_zeros((rows, key_states.shape[1], capacity, key_states.shape[3]))
-            self._values = value_states.new_zeros((rows, value_states.shape[1], capacity, value_states.shape[3]))
-            self.rows = key_states.shape[0]
-            self.is_initialized = True
 
-        def _reserve(self, end):
-            if end > self._keys.shape[2]:  # grow (zeros: masked columns must never hold NaN)
-                size = max(end, 2 * self._keys.shape[2])
-                for name in ("_keys", "_values"):
-                    old = getattr(self, name)
-                    new = old.new_zeros(old.shape[:2] + (size, old.shape[3]))
-                    new[:, :, :self.length] = old[:, :, :self.length]
-                    setattr(self, name, new)
-
-        def _views(self):
-            self.keys = self._keys[:self.rows, :, :self.length]
-            self.values = self._values[:self.rows, :, :self.length]
-
-        def update(self, key_states, value_states, *args, **kwargs):
-            if not self.is_initialized:
-                self.lazy_initialization(key_states, value_states)
-            start, end = self.length, self.length + key_states.shape[2]
-            self._reserve(end)
-            self._keys[:self.rows, :, start:end] = key_states
-            self._values[:self.rows, :, start:end] = value_states
-            self.length = end
-            self._views()
-            return self.keys, self.values
-
-        def get_seq_length(self):
-            return prefix_len + self.length
-
-        def batch_select_indices(self, indices):
-            self._keys, self._values = self._keys[indices], self._values[indices]
-            self.rows = len(indices)
-            self._views()
-
-        def remove_rows(self, positions):
-            """Drop rows: each in turn, highest first, takes the last row in its place (see ``_remove_rows``)."""
-            for j in sorted(positions, reverse=True):
-                last = self.rows - 1
-                if j != last:
-                    self._keys[j, :, :self.length] = self._keys[last, :, :self.length]
-                    self._values[j, :, :self.length] = self._values[last, :, :self.length]
-                self.rows = last
-            self._views()
-
-        def add_rows(self, keys, values, end):
-            """Append rows (their keys and values) with their columns ending at column ``end``."""
-            if not self.is_initialized:
-                self.lazy_initialization(keys[:0], values[:0])
-            self._reserve(end)
-            if end > self.length:  # the existing rows have nothing there: masked
-                self.length = end
-            first, last = self.rows, self.rows + keys.shape[0]
-            if last > self._keys.shape[0]:  # more rows than planned
-                self._keys, self._values = (torch.cat([store, store.new_zeros((last - len(store),) + store.shape[1:])])
-                                            for store in (self._keys, self._values))
-            for store, part in ((self._keys, keys), (self._values, values)):
-                store[first:last, :, :end - part.shape[2]] = 0
-                store[first:last, :, end - part.shape[2]:end] = part
-            self.rows = last
-            self._views()
-
-    return OwnColumns()
+def _own_columns_layer(capacity: int, prefix_len: int, row_capacity: int = 0):
+    """A ``DynamicLayer`` that keeps the rows' own columns as ``_OwnColumnsStore`` describes."""
+    return _own_columns_class()(capacity, prefix_len, row_capacity)
 
 
 def _index_ngrams(index: dict, seq: list[int], start: int, value=None) -> None:
@@ -347,7 +372,7 @@ def _draft_length(proposals: list[list[int]], hit_rates: list[list[float]]) -> i
     return max(range(longest + 1), key=lambda k: gains[k] / (_PASS_COST_IN_SLOTS + rows * (k + 1)))
 
 
-class _SharedPrefixDecoder:
+class SharedPrefixDecoder:
     """Greedy decoding of prompts that share a prefix; see ``generate``."""
 
     def __init__(self, model, config, prompt_ids, stops, pad, max_new_tokens, logits_to_keep: bool):
@@ -458,7 +483,8 @@ class _SharedPrefixDecoder:
         cache = self._new_cache(width)
         state = _PrefixState(prefix, mask.to(self.device))
         logits = self._forward(input_ids=ids.to(self.device), position_ids=positions.to(self.device),
-                               attention_mask=state.mask, past_key_values=cache, snaketune_prefix=state, keep=1)
+                               attention_mask=state.mask, past_key_values=cache, snaketune_prefix=state,
+                               keep=1)
         if state.calls != len(cache.layers) or any(layer.length != width for layer in cache.layers):
             raise _Unsupported("the model's layers did not all go through the shared-prefix attention")
         return cache, valid, logits[:, -1].argmax(-1).tolist()
@@ -471,142 +497,240 @@ class _SharedPrefixDecoder:
         """
         import torch
 
-        config, previous = self.config, self.config._attn_implementation
-        p_len, dev, neg = self.prefix_len, self.device, float("-inf")
-        stops, max_new = self.stops, self.max_new
-        shared_index: dict = {}  # n-grams of the shared prefix
-        _index_ngrams(shared_index, list(prompt_ids[order[0]][:p_len]), 1)
-        pool: dict = {}  # n-grams of every row's output, to draft from
-        block = torch.full((_DRAFT_TOKENS + 1, _DRAFT_TOKENS + 1), neg).triu(1)
-        pending = list(reversed(order))  # pop() takes the next prompt
-        reserve = None  # prefilled prompts waiting for a free row: [cache, valid, prompt indices, first tokens]
-        live: list[int] = []  # prompt indices of the rows being decoded, in the cache's row order
-        verified: list[list[int]] = []  # per live row: the tokens the last pass confirmed, to take in
-        seqs, out, own_index = {}, {}, {}  # per prompt: prompt + output so far, output, its n-grams
-        hit_rate: dict[int, list[float]] = {}  # per prompt: decayed (first draft token right, proposals)
-        cache = valid = None
-        used = 0  # own columns so far (every row has as many; the mask says which are real)
+        prefix_ids = list(prompt_ids[order[0]][:self.prefix_len])
+        drafter = _Drafter(prefix_ids)
+        batch = _Batch(self, prompt_ids, order, batch_size, drafter)
+        previous = self.config._attn_implementation
         with torch.inference_mode():
-            prefix = self._prefill_prefix(list(prompt_ids[order[0]][:p_len])) if p_len else None
-            config._attn_implementation = _PREFIX_ATTENTION
+            prefix = self._prefill_prefix(prefix_ids) if self.prefix_len else None
+            self.config._attn_implementation = _PREFIX_ATTENTION
             try:
                 while True:
-                    keep, finished = [], []
-                    for j, i in enumerate(live):  # take the verified tokens in; a row ends at its stop
-                        seq, row_out, row_index, prompt_len = seqs[i], out[i], own_index[i], len(prompt_ids[i])
-                        for tok in verified[j]:
-                            row_out.append(tok)
-                            seq.append(tok)
-                            _index_newest(row_index, seq, len(seq) - 1)
-                            if len(seq) > prompt_len + 1:
-                                _index_newest(pool, seq, (seq, len(seq) - 1))
-                            if tok in stops or len(row_out) >= max_new:
-                                finished.append(i)
-                                break
-                        else:
-                            keep.append(j)
-                    for i in finished:
-                        done(i, out.pop(i))
-                        del seqs[i], own_index[i], hit_rate[i]
-                    if len(keep) < len(live):  # finished rows leave the batch
-                        if keep:
-                            gone = sorted(set(range(len(live))) - set(keep), reverse=True)
-                            for layer in cache.layers:
-                                layer.remove_rows(gone)
-                            for j in gone:  # as remove_rows does: the last row takes the place
-                                last = len(live) - 1
-                                if j != last:
-                                    live[j] = live[last]
-                                    valid[j, :used] = valid[last, :used]
-                                live.pop()
-                        else:
-                            cache = valid = None
-                            live, used = [], 0
-                    verified = [[] for _ in live]  # taken in
-                    free = batch_size - len(live)
-                    if free and (pending or reserve):
-                        if reserve is None:
-                            group = [pending.pop() for _ in range(min(batch_size, len(pending)))]
-                            for i in group:
-                                seqs[i], out[i], own_index[i], hit_rate[i] = list(prompt_ids[i]), [], {}, [0.5, 1.0]
-                                _index_ngrams(own_index[i], seqs[i], p_len)
-                            reserve = [*self._prefill_group([seqs[i] for i in group], prefix), group]
-                        r_cache, r_valid, r_first, r_group = reserve
-                        take, width = min(free, len(r_group)), r_valid.shape[1]
-                        end = max(used, width)  # the new rows' columns end where the others' do
-                        if cache is None:
-                            cache = self._new_cache(end + self.max_new + 2 * (_DRAFT_TOKENS + 1), batch_size)
-                            valid = torch.full((batch_size, end + self.max_new + 2 * (_DRAFT_TOKENS + 1)), neg)
-                        for layer, r_layer in zip(cache.layers, r_cache.layers):
-                            layer.add_rows(r_layer.keys[:take], r_layer.values[:take], end)
-                        if end > valid.shape[1]:
-                            valid = torch.cat([valid, valid.new_full((len(valid), end), neg)], dim=1)
-                        rows = len(live)
-                        valid[:rows, used:end] = neg  # the rows there have nothing in these columns
-                        valid[rows:rows + take] = neg
-                        valid[rows:rows + take, end - width:end] = r_valid[:take]
-                        used = end
-                        live += r_group[:take]
-                        verified += [[tok] for tok in r_first[:take]]
-                        if take == len(r_group):
-                            reserve = None
-                        else:
-                            rest = torch.arange(take, len(r_group))
-                            for r_layer in r_cache.layers:
-                                r_layer.batch_select_indices(rest.to(dev))
-                            reserve = [r_cache, r_valid[take:], r_first[take:], r_group[take:]]
+                    for i, new in batch.take_verified():
+                        done(i, new)
+                    if batch.wants_rows():
+                        batch.admit(prefix)
                         continue  # take the new rows' first tokens in
-                    if not live:
+                    if not batch.live:
                         break
-                    proposals = [_draft(seqs[i], own_index[i], pool, shared_index,
-                                        min(_DRAFT_TOKENS, self.max_new - len(out[i]) - 1)) for i in live]
-                    k = _draft_length(proposals, [hit_rate[i] for i in live])
-                    drafts = [p[:k] for p in proposals]
-                    q = 1 + max(map(len, drafts))
-                    if used + q > valid.shape[1]:
-                        valid = torch.cat([valid, valid.new_full((len(valid), valid.shape[1] + q), neg)], dim=1)
-                    rows = len(live)
-                    valid[:rows, used:used + q] = 0
-                    if q == 1:
-                        step = torch.tensor([[seqs[i][-1]] for i in live])
-                        positions = torch.tensor([[len(seqs[i]) - 1] for i in live])
-                        mask = valid[:rows, None, None, :used + 1]
-                    else:
-                        step_rows, pos_rows = [], []
-                        for i, draft in zip(live, drafts):  # padding slots sit at the row's last real position
-                            n_real = 1 + len(draft)
-                            last = len(seqs[i]) - 1  # the row's newest token, not yet in the cache
-                            step_rows.append([seqs[i][-1]] + draft + [self.pad] * (q - n_real))
-                            pos_rows.append(list(range(last, last + n_real)) + [last + n_real - 1] * (q - n_real))
-                        step, positions = torch.tensor(step_rows), torch.tensor(pos_rows)
-                        causal = valid.new_zeros((q, used + q))
-                        causal[:, used:] = block[:q, :q]
-                        mask = valid[:rows, None, None, :used + q] + causal  # a draft sees the ones before it
-                    state = _PrefixState(prefix, mask.to(dev))
-                    logits = self._forward(input_ids=step.to(dev), position_ids=positions.to(dev),
-                                           attention_mask=state.mask, past_key_values=cache, snaketune_prefix=state,
-                                           keep=q)
-                    guesses = logits.argmax(-1).tolist()
-                    if q == 1:
-                        verified = guesses
-                    else:  # accepted: the leading drafts the model itself chose; then its own next token
-                        verified, columns = [], []
-                        for g, draft in zip(guesses, drafts):
-                            a = 0
-                            while a < len(draft) and draft[a] == g[a]:
-                                a += 1
-                            verified.append(g[:a + 1])
-                            columns.append([0.0] * (a + 1) + [neg] * (q - a - 1))  # rejected drafts, padding
-                        valid[:rows, used:used + q] = torch.tensor(columns)
-                    for i, proposal, g in zip(live, proposals, guesses):
-                        if proposal:  # was the proposal's first token right (drafted or not)?
-                            rate = hit_rate[i]
-                            rate[0] = _HIT_DECAY * rate[0] + (proposal[0] == g[0])
-                            rate[1] = _HIT_DECAY * rate[1] + 1
-                    used += q
-                    self.stats["forward_passes"] += 1
-                    self.stats["slots"] += len(live) * q
-                    self.stats["drafted"] += sum(map(len, drafts))
-                    self.stats["accepted"] += sum(map(len, verified)) - len(verified)
+                    self._step(batch, drafter, prefix)
             finally:
-                config._attn_implementation = previous
+                self.config._attn_implementation = previous
+
+    def _step(self, batch: _Batch, drafter: _Drafter, prefix) -> None:
+        """One forward pass: each row's newest token and its draft; the model's greedy choices verify them."""
+        rooms = [min(DRAFT_TOKENS, self.max_new - len(batch.out[i]) - 1) for i in batch.live]
+        proposals, drafts = drafter.drafts(batch.live, batch.seqs, rooms)
+        q = 1 + max(map(len, drafts))
+        step, positions, mask = batch.step_inputs(drafts, q, self.pad)
+        state = _PrefixState(prefix, mask.to(self.device))
+        logits = self._forward(input_ids=step.to(self.device), position_ids=positions.to(self.device),
+                               attention_mask=state.mask, past_key_values=batch.cache, snaketune_prefix=state,
+                               keep=q)
+        guesses = logits.argmax(-1).tolist()
+        batch.accept(guesses, drafts, q)
+        drafter.score(batch.live, proposals, guesses)
+        self.stats["forward_passes"] += 1
+        self.stats["slots"] += len(batch.live) * q
+        self.stats["drafted"] += sum(map(len, drafts))
+        self.stats["accepted"] += sum(map(len, batch.verified)) - len(batch.verified)
+
+
+class _Drafter:
+    """Prompt-lookup drafts for the rows of one ``SharedPrefixDecoder.run``, and each row's hit rate.
+
+    A row's proposal is what followed the latest earlier occurrence of its last n tokens (``_draft``);
+    how much of it a pass verifies follows the rows' recent hit rates (``_draft_length``).
+    """
+
+    def __init__(self, prefix: list[int]):
+        self.shared: dict = {}  # n-grams of the shared prefix
+        _index_ngrams(self.shared, prefix, 1)
+        self.pool: dict = {}  # n-grams of every row's output
+        self.own: dict[int, dict] = {}  # per prompt: n-grams of its prompt and output
+        self.hit_rate: dict[int, list[float]] = {}  # per prompt: decayed (first draft token right, proposals)
+
+    def add(self, i: int, seq: list[int], prefix_len: int) -> None:
+        """Start drafting for prompt ``i`` (its own n-grams, past the shared prefix)."""
+        self.own[i], self.hit_rate[i] = {}, [0.5, 1.0]
+        _index_ngrams(self.own[i], seq, prefix_len)
+
+    def drop(self, i: int) -> None:
+        del self.own[i], self.hit_rate[i]
+
+    def took(self, i: int, seq: list[int], prompt_len: int) -> None:
+        """Index the token just appended to prompt ``i``'s sequence; output tokens also go to the pool."""
+        _index_newest(self.own[i], seq, len(seq) - 1)
+        if len(seq) > prompt_len + 1:
+            _index_newest(self.pool, seq, (seq, len(seq) - 1))
+
+    def drafts(self, live: list[int], seqs: dict, rooms: list[int]) -> tuple[list[list[int]], list]:
+        """(proposals, drafts): each live row's proposal, and the drafts one pass verifies (one length)."""
+        proposals = [_draft(seqs[i], self.own[i], self.pool, self.shared, room)
+                     for i, room in zip(live, rooms)]
+        k = _draft_length(proposals, [self.hit_rate[i] for i in live])
+        return proposals, [p[:k] for p in proposals]
+
+    def score(self, live: list[int], proposals: list[list[int]], guesses: list[list[int]]) -> None:
+        """Was each proposal's first token the model's own choice (whether it was drafted or not)?"""
+        for i, proposal, g in zip(live, proposals, guesses):
+            if proposal:
+                rate = self.hit_rate[i]
+                rate[0] = _HIT_DECAY * rate[0] + (proposal[0] == g[0])
+                rate[1] = _HIT_DECAY * rate[1] + 1
+
+
+class _Batch:
+    """The rows one ``SharedPrefixDecoder.run`` decodes, and the prompts waiting for a row.
+
+    Row j of the cache decodes prompt ``live[j]``. Every row has ``used`` own columns; ``valid`` is the
+    additive mask over them (-inf: left padding, columns from before the row joined, rejected drafts).
+    Waiting prompts are prefilled up to ``batch_size`` at a time, ahead of need (``reserve``).
+    """
+
+    def __init__(self, decoder: SharedPrefixDecoder, prompt_ids, order, batch_size: int, drafter: _Drafter):
+        self.decoder, self.prompt_ids, self.drafter = decoder, prompt_ids, drafter
+        self.batch_size = batch_size
+        self.pending = list(reversed(order))  # pop() takes the next prompt
+        # prefilled prompts waiting for a free row: [cache, valid, first tokens, prompt indices]
+        self.reserve = None
+        self.live: list[int] = []  # prompt indices of the rows being decoded, in the cache's row order
+        self.verified: list[list[int]] = []  # per live row: the tokens the last pass confirmed, to take in
+        self.seqs: dict[int, list[int]] = {}  # per prompt: prompt + output so far
+        self.out: dict[int, list[int]] = {}  # per prompt: output so far
+        self.cache = self.valid = None
+        self.used = 0  # own columns so far
+
+    def take_verified(self) -> list[tuple[int, list[int]]]:
+        """Append the verified tokens to their rows; a row ends at its stop token or the token limit and
+        leaves the batch. Returns (prompt index, output) of each row that ended."""
+        keep, finished = [], []
+        for j, i in enumerate(self.live):
+            if self._extend(i, self.verified[j]):
+                finished.append(i)
+            else:
+                keep.append(j)
+        ended = []
+        for i in finished:
+            ended.append((i, self.out.pop(i)))
+            del self.seqs[i]
+            self.drafter.drop(i)
+        if len(keep) < len(self.live):
+            self._remove_rows(keep)
+        self.verified = [[] for _ in self.live]
+        return ended
+
+    def _extend(self, i: int, tokens: list[int]) -> bool:
+        """Take ``tokens`` into prompt ``i``'s output; True where the row ends."""
+        seq, row_out, prompt_len = self.seqs[i], self.out[i], len(self.prompt_ids[i])
+        for tok in tokens:
+            row_out.append(tok)
+            seq.append(tok)
+            self.drafter.took(i, seq, prompt_len)
+            if tok in self.decoder.stops or len(row_out) >= self.decoder.max_new:
+                return True
+        return False
+
+    def _remove_rows(self, keep: list[int]) -> None:
+        if not keep:
+            self.cache = self.valid = None
+            self.live, self.used = [], 0
+            return
+        gone = sorted(set(range(len(self.live))) - set(keep), reverse=True)
+        for layer in self.cache.layers:
+            layer.remove_rows(gone)
+        for j in gone:  # as remove_rows does: the last row takes the place
+            last = len(self.live) - 1
+            if j != last:
+                self.live[j] = self.live[last]
+                self.valid[j, :self.used] = self.valid[last, :self.used]
+            self.live.pop()
+
+    def wants_rows(self) -> bool:
+        """A row is free and a prompt is waiting for one."""
+        return len(self.live) < self.batch_size and bool(self.pending or self.reserve)
+
+    def admit(self, prefix) -> None:
+        """Move prefilled prompts into the free rows (prefilling the next group first when none wait)."""
+        import torch
+
+        if self.reserve is None:
+            self.reserve = self._prefill_next_group(prefix)
+        r_cache, r_valid, r_first, r_group = self.reserve
+        neg = float("-inf")
+        take, width = min(self.batch_size - len(self.live), len(r_group)), r_valid.shape[1]
+        end = max(self.used, width)  # the new rows' columns end where the others' do
+        if self.cache is None:
+            columns = end + self.decoder.max_new + 2 * (DRAFT_TOKENS + 1)
+            self.cache = self.decoder._new_cache(columns, self.batch_size)
+            self.valid = torch.full((self.batch_size, columns), neg)
+        for layer, r_layer in zip(self.cache.layers, r_cache.layers):
+            layer.add_rows(r_layer.keys[:take], r_layer.values[:take], end)
+        if end > self.valid.shape[1]:
+            self.valid = torch.cat([self.valid, self.valid.new_full((len(self.valid), end), neg)], dim=1)
+        rows = len(self.live)
+        self.valid[:rows, self.used:end] = neg  # the rows there have nothing in these columns
+        self.valid[rows:rows + take] = neg
+        self.valid[rows:rows + take, end - width:end] = r_valid[:take]
+        self.used = end
+        self.live += r_group[:take]
+        self.verified += [[tok] for tok in r_first[:take]]
+        if take == len(r_group):
+            self.reserve = None
+        else:
+            rest = torch.arange(take, len(r_group))
+            for r_layer in r_cache.layers:
+                r_layer.batch_select_indices(rest.to(self.decoder.device))
+            self.reserve = [r_cache, r_valid[take:], r_first[take:], r_group[take:]]
+
+    def _prefill_next_group(self, prefix) -> list:
+        group = [self.pending.pop() for _ in range(min(self.batch_size, len(self.pending)))]
+        for i in group:
+            self.seqs[i], self.out[i] = list(self.prompt_ids[i]), []
+            self.drafter.add(i, self.seqs[i], self.decoder.prefix_len)
+        return [*self.decoder._prefill_group([self.seqs[i] for i in group], prefix), group]
+
+    def step_inputs(self, drafts: list[list[int]], q: int, pad: int):
+        """(input ids, positions, attention mask) of a pass over ``q`` slots per row: the row's newest
+        token (not yet in the cache), then its draft, then padding at the row's last real position."""
+        import torch
+
+        neg = float("-inf")
+        if self.used + q > self.valid.shape[1]:
+            grown = self.valid.new_full((len(self.valid), self.valid.shape[1] + q), neg)
+            self.valid = torch.cat([self.valid, grown], dim=1)
+        rows, used = len(self.live), self.used
+        self.valid[:rows, used:used + q] = 0
+        if q == 1:
+            step = torch.tensor([[self.seqs[i][-1]] for i in self.live])
+            positions = torch.tensor([[len(self.seqs[i]) - 1] for i in self.live])
+            return step, positions, self.valid[:rows, None, None, :used + 1]
+        step_rows, pos_rows = [], []
+        for i, draft in zip(self.live, drafts):
+            n_real = 1 + len(draft)
+            last = len(self.seqs[i]) - 1
+            step_rows.append([self.seqs[i][-1]] + draft + [pad] * (q - n_real))
+            pos_rows.append(list(range(last, last + n_real)) + [last + n_real - 1] * (q - n_real))
+        causal = self.valid.new_zeros((q, used + q))
+        causal[:, used:] = torch.full((q, q), neg).triu(1)  # a draft sees the ones before it
+        mask = self.valid[:rows, None, None, :used + q] + causal
+        return torch.tensor(step_rows), torch.tensor(pos_rows), mask
+
+    def accept(self, guesses: list[list[int]], drafts: list[list[int]], q: int) -> None:
+        """Verified: the leading drafts the model itself chose, then its own next token; the other slots
+        (rejected drafts, padding) are masked from now on."""
+        import torch
+
+        if q == 1:
+            self.verified = guesses
+        else:
+            neg = float("-inf")
+            self.verified, columns = [], []
+            for g, draft in zip(guesses, drafts):
+                a = 0
+                while a < len(draft) and draft[a] == g[a]:
+                    a += 1
+                self.verified.append(g[:a + 1])
+                columns.append([0.0] * (a + 1) + [neg] * (q - a - 1))
+            self.valid[:len(self.live), self.used:self.used + q] = torch.tensor(columns)
+        self.used += q

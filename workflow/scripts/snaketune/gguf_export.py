@@ -1,15 +1,8 @@
-"""GGUF files for llama.cpp / Ollama: a merged llama, qwen2 or mistral checkpoint (f32, f16, q8_0) and a
-PEFT LoRA adapter alone, written with the ``gguf`` package, each tensor streamed from the safetensors file in
-row blocks (memory holds one block, never a whole tensor or model).
+"""GGUF files for llama.cpp / Ollama: a merged checkpoint (f32, f16, q8_0) or a LoRA adapter alone.
 
-Bytes depend only on the inputs (no time, no paths), so the reproducibility checks can hash them.
-
-Stable API:
-    write_model_gguf(source, out_path, quant, name=None, revision=None, untie=False, template="model") -> dict
-    write_lora_gguf(adapter_dir, base, out_path, name=None, revision=None) -> dict
-    model_spec(model_dir) -> ModelSpec ; tokenizer_metadata(model_dir, vocab_size) -> dict
-    local_model_dir(name_or_path, revision=None) -> Path
-    SUPPORTED_FAMILIES, QUANTS, LORA_ALPHA_KEY
+Llama, Qwen2 and Mistral checkpoints are written with the ``gguf`` package, each tensor streamed from
+the safetensors file in row blocks (memory holds one block, never a whole tensor or model). Bytes
+depend only on the inputs (no time, no paths), so the reproducibility checks can hash them.
 """
 
 from __future__ import annotations
@@ -26,6 +19,11 @@ import numpy as np
 
 from .errors import SnaketuneError
 from .files import atomic_path
+
+__all__ = [
+    "SUPPORTED_FAMILIES", "QUANTS", "LORA_ALPHA_KEY", "QWEN2_REGEX", "LLAMA3_REGEX", "local_model_dir",
+    "model_spec", "encode", "tokenizer_metadata", "write_model_gguf", "write_lora_gguf"
+]
 
 log = logging.getLogger("snaketune.gguf")
 
@@ -57,21 +55,25 @@ def _gguf():
 
 # --- where the weights are -----------------------------------------------------------------------
 
-def local_model_dir(name_or_path, revision=None) -> Path:
-    """A local directory holding the checkpoint: the path itself, or its hub snapshot (config, tokenizer, weights)."""
-    from .modeling import _hub_error, _looks_local, check_local_dir
+def local_model_dir(name_or_path, revision=None, *, config_path: str | None = None) -> Path:
+    """A local directory holding the checkpoint: the path itself, or its hub snapshot (config, tokenizer,
+    weights).
+
+    ``config_path``: the config file that names the checkpoint (the base), for errors about it.
+    """
+    from .modeling import check_local_dir, hub_error, looks_local
 
     name = str(name_or_path)
-    if _looks_local(name):
-        return check_local_dir(name)
+    if looks_local(name):
+        return check_local_dir(name, config_path=config_path)
     from huggingface_hub import snapshot_download
 
     try:
         path = snapshot_download(name, revision=revision,
                                  allow_patterns=["*.json", "*.safetensors", "*.jinja", "*.txt", "tokenizer*"])
     except Exception as err:  # network, auth, missing revision: one clear line either way
-        raise _hub_error(name, revision, err) from err
-    return check_local_dir(path)
+        raise hub_error(name, revision, err, config_path=config_path) from err
+    return check_local_dir(path, config_path=config_path)
 
 
 # safetensors dtype -> numpy dtype of its bytes. bf16 has no numpy type: its raw bits are carried under
@@ -351,7 +353,8 @@ def gguf_tensor_name(hf_name: str, spec: ModelSpec, path=None) -> str:
 
 
 def tensor_type(shape, quant: str):
-    """f32 for vectors; Q8_0 only where rows are whole 32-blocks (f16 otherwise), as llama.cpp's converter does."""
+    """f32 for vectors; Q8_0 only where rows are whole 32-blocks (f16 otherwise), as llama.cpp's converter
+    does."""
     q = _gguf().GGMLQuantizationType
     if len(shape) == 1 or quant == "f32":
         return q.F32
@@ -438,11 +441,13 @@ def tokenizer_metadata(model_dir, vocab_size: int) -> dict:
     model = tok_json.get("model") or {}
     if model.get("type") != "BPE" or model.get("byte_fallback"):
         kind = "SentencePiece-style BPE" if model.get("byte_fallback") else model.get("type")
-        raise SnaketuneError(path, f"a {kind} tokenizer is not supported by the GGUF writer", field="model.type",
+        raise SnaketuneError(path, f"a {kind} tokenizer is not supported by the GGUF writer",
+                             field="model.type",
                              fix="use a base with a byte-level BPE tokenizer (Qwen2.5, Llama 3.x)")
     normalizer = (tok_json.get("normalizer") or {}).get("type")
     if normalizer not in (None, "NFC"):
-        raise SnaketuneError(path, f"normalizer {normalizer!r} has no llama.cpp equivalent", field="normalizer",
+        raise SnaketuneError(path, f"normalizer {normalizer!r} has no llama.cpp equivalent",
+                             field="normalizer",
                              fix="use a byte-level BPE tokenizer without a normalizer (or NFC)")
     pre = pre_tokenizer_name(tok_json, path)
 
@@ -467,8 +472,9 @@ def tokenizer_metadata(model_dir, vocab_size: int) -> dict:
     start = full.index(plain[0]) if plain and plain[0] in full else 0
     add_bos, add_eos = start > 0, len(full) > start + len(plain)
     if full[start:start + len(plain)] != plain or start > 1 or len(full) - start - len(plain) > 1:
-        raise SnaketuneError(path, f"the tokenizer adds {full} around {plain}; only one BOS / EOS is supported",
-                             field="post_processor", fix="use a tokenizer that adds at most BOS and EOS")
+        raise SnaketuneError(path, f"the tokenizer adds {full} around {plain}; only one BOS / EOS is "
+                             "supported", field="post_processor",
+                             fix="use a tokenizer that adds at most BOS and EOS")
     special_ids = {kind: getattr(hf, f"{kind}_token_id", None) for kind in ("bos", "eos", "pad", "unk")}
     if add_bos:
         special_ids["bos"] = full[0]
@@ -521,7 +527,8 @@ class PlannedTensor:
             raise AssertionError(f"{self.name}: planned {self.shape}, loaded {rows} rows")
 
 
-def checkpoint_tensor(name: str, weights: SafetensorsDir, hf_name: str, qtype, spec: ModelSpec) -> PlannedTensor:
+def checkpoint_tensor(name: str, weights: SafetensorsDir, hf_name: str, qtype,
+                      spec: ModelSpec) -> PlannedTensor:
     """A checkpoint tensor streamed in blocks of whole rows (whole heads where llama's q/k permutation
     reorders rows within each head), so memory holds one block, never the tensor."""
     shape = weights.shape(hf_name)
@@ -549,7 +556,8 @@ def stream_gguf(out_path, arch: str, kv, tensors: list[PlannedTensor]) -> int:
         writer = gguf.GGUFWriter(None, arch)
         kv(writer)
         for t in tensors:
-            writer.add_tensor_info(t.name, t.shape, np.dtype(np.float32), nbytes(t.shape, t.qtype), raw_dtype=t.qtype)
+            writer.add_tensor_info(t.name, t.shape, np.dtype(np.float32), nbytes(t.shape, t.qtype),
+                                   raw_dtype=t.qtype)
         writer.write_header_to_file(path=tmp)
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
@@ -580,18 +588,19 @@ def _order(hf_name: str):
 
 
 def write_model_gguf(source, out_path, quant: str, name: str | None = None, revision=None,
-                     untie: bool = False, template: str = "model") -> dict:
+                     untie: bool = False, template: str = "model", *, config_path: str | None = None) -> dict:
     """Convert a transformers checkpoint (local dir or hub id) into one GGUF file of type ``quant``.
 
     ``untie`` writes ``output.weight`` even for tied embeddings: a base GGUF that LoRA adapters
     touching embed_tokens / lm_head are applied to needs the two apart. ``template``: ``model`` keeps
     the checkpoint's chat template, ``shared`` writes snaketune's (what the adapters were trained on).
+    ``config_path``: the config file, where ``source`` and ``quant`` come from it (errors name it).
     """
     if quant not in QUANTS:
-        raise SnaketuneError(None, f"unknown GGUF type {quant!r}", field="export.quants",
+        raise SnaketuneError(config_path, f"unknown GGUF type {quant!r}", field="export.quants",
                              fix=f"use one of {', '.join(QUANTS)}")
     gguf = _gguf()
-    model_dir = local_model_dir(source, revision)
+    model_dir = local_model_dir(source, revision, config_path=config_path)
     spec = model_spec(model_dir)
     weights = SafetensorsDir(model_dir)
     meta = tokenizer_metadata(model_dir, spec.vocab_size)
@@ -611,14 +620,15 @@ def write_model_gguf(source, out_path, quant: str, name: str | None = None, revi
                                          tensor_type(weights.shape(hf_name), quant), spec))
     if (spec.tied and untie) or (not spec.tied and "lm_head.weight" not in weights):
         if not spec.tied:
-            log.warning("no lm_head.weight although tie_word_embeddings is false: writing the embeddings as output")
+            log.warning("no lm_head.weight although tie_word_embeddings is false: "
+                        "writing the embeddings as output")
         embed = "model.embed_tokens.weight"
-        planned.append(checkpoint_tensor("output.weight", weights, embed, tensor_type(weights.shape(embed), quant),
-                                         spec))
+        planned.append(checkpoint_tensor("output.weight", weights, embed,
+                                         tensor_type(weights.shape(embed), quant), spec))
     if spec.rope["rope_type"] == "llama3":
         factors = llama3_rope_factors(spec)
-        planned.append(PlannedTensor(gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight", factors.shape,
-                                     gguf.GGMLQuantizationType.F32, load=lambda: factors))
+        planned.append(PlannedTensor(gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight",
+                                     factors.shape, gguf.GGMLQuantizationType.F32, load=lambda: factors))
 
     file_type = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
                  "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[quant]
@@ -658,13 +668,15 @@ def _peft_module(key: str) -> tuple[str, str]:
     return key.removesuffix(".weight"), "full"
 
 
-def write_lora_gguf(adapter_dir, base, out_path, name: str | None = None, revision=None) -> dict:
+def write_lora_gguf(adapter_dir, base, out_path, name: str | None = None, revision=None, *,
+                    config_path: str) -> dict:
     """The adapter alone as a GGUF LoRA that llama.cpp applies on top of the base GGUF.
 
     PEFT's per-module scaling (alpha / r, rank / alpha patterns, rsLoRA) is folded into lora_b and the
     file's alpha is 0, which llama.cpp reads as scale 1. Modules saved whole (``modules_to_save``:
     embed_tokens, lm_head) become exact full-rank pairs of their difference from the base; the base
-    GGUF must then hold ``output.weight`` apart (``write_model_gguf(untie=True)``).
+    GGUF must then hold ``output.weight`` apart (``write_model_gguf(untie=True)``). ``base`` comes from
+    the config file ``config_path``.
     """
     from .modeling import read_adapter_config
 
@@ -675,20 +687,12 @@ def write_lora_gguf(adapter_dir, base, out_path, name: str | None = None, revisi
         kind = "DoRA" if acfg.get("use_dora") else acfg.get("peft_type")
         raise SnaketuneError(cfg_path, f"adapter type {kind} has no GGUF LoRA form", field="peft_type",
                              fix="train a plain LoRA adapter")
-    base_dir = local_model_dir(base, revision)
+    base_dir = local_model_dir(base, revision, config_path=config_path)
     spec = model_spec(base_dir)
     adapter = SafetensorsDir(adapter_dir / "adapter_model.safetensors")
     base_weights = SafetensorsDir(base_dir)
 
-    modules: dict[str, dict[str, str]] = {}
-    for key in adapter.names():
-        module, part = _peft_module(key)
-        if part == "full" and not key.endswith(".weight") or "lora_magnitude" in key:
-            raise SnaketuneError(adapter_dir / "adapter_model.safetensors", f"unexpected tensor {key!r}",
-                                 field=key, fix="export supports LoRA A/B pairs and whole embed / lm_head modules")
-        modules.setdefault(module, {})[part] = key
-
-    r_default, alpha_default = acfg.get("r", 8), acfg.get("lora_alpha", 8)
+    modules = _adapter_modules(adapter, adapter_dir)
     planned: list[PlannedTensor] = []
     summary = {"lora": 0, "full": 0}
     for module in sorted(modules, key=lambda m: _order(m + ".weight")):
@@ -698,32 +702,9 @@ def write_lora_gguf(adapter_dir, base, out_path, name: str | None = None, revisi
         if "full" in parts:
             summary["full"] += 1
             planned.extend(_full_delta_pair(target, hf_name, parts["full"], adapter, base_weights, spec))
-            continue
-        a_key = parts.get("lora_A") or parts.get("lora_embedding_A")
-        b_key = parts.get("lora_B") or parts.get("lora_embedding_B")
-        if not a_key or not b_key:
-            raise SnaketuneError(adapter_dir, f"{module} has only one of lora_A / lora_B", field=module,
-                                 fix="re-save the adapter")
-        rank = adapter.shape(a_key)[0]
-        r = _pattern_value(acfg.get("rank_pattern"), module, r_default)
-        alpha = _pattern_value(acfg.get("alpha_pattern"), module, alpha_default)
-        scale = alpha / math.sqrt(r) if acfg.get("use_rslora") else alpha / r
-        if rank != r:
-            log.warning("%s: rank %d in the weights, %d in the config; using the config's scaling", module, rank, r)
-        summary["lora"] += 1
-        if "lora_embedding_A" in parts:
-            # embeddings: llama.cpp gathers rows of A (vocab x r) and multiplies by B (hidden x r)
-            a_shape, b_shape = adapter.shape(a_key)[::-1], adapter.shape(b_key)
-            planned.append(PlannedTensor(target + ".lora_a", a_shape, gguf.GGMLQuantizationType.F32,
-                                         lambda k=a_key: adapter.get(k).T))
-            planned.append(PlannedTensor(target + ".lora_b", b_shape, gguf.GGMLQuantizationType.F32,
-                                         lambda k=b_key, s=scale: adapter.get(k) * s))
-            continue
-        planned.append(PlannedTensor(target + ".lora_a", adapter.shape(a_key), gguf.GGMLQuantizationType.F32,
-                                     lambda k=a_key: adapter.get(k)))
-        # B's rows are the weight's rows, so they take the same q/k permutation as the weight
-        planned.append(PlannedTensor(target + ".lora_b", adapter.shape(b_key), gguf.GGMLQuantizationType.F32,
-                                     lambda k=b_key, n=hf_name, s=scale: to_gguf_layout(n, adapter.get(k) * s, spec)))
+        else:
+            summary["lora"] += 1
+            planned.extend(_lora_pair(module, parts, target, adapter, acfg, spec, adapter_dir))
 
     def kv(writer):
         writer.add_type(gguf.GGUFType.ADAPTER)
@@ -737,6 +718,48 @@ def write_lora_gguf(adapter_dir, base, out_path, name: str | None = None, revisi
     return {"path": str(out_path), "arch": spec.arch, "tensors": len(planned), "bytes": size, **summary}
 
 
+def _adapter_modules(adapter: SafetensorsDir, adapter_dir: Path) -> dict[str, dict[str, str]]:
+    """{module: {part: tensor name}} of a PEFT adapter's tensors (lora_A / lora_B / ... or full)."""
+    modules: dict[str, dict[str, str]] = {}
+    for key in adapter.names():
+        module, part = _peft_module(key)
+        if part == "full" and not key.endswith(".weight") or "lora_magnitude" in key:
+            raise SnaketuneError(adapter_dir / "adapter_model.safetensors", f"unexpected tensor {key!r}",
+                                 field=key,
+                                 fix="export supports LoRA A/B pairs and whole embed / lm_head modules")
+        modules.setdefault(module, {})[part] = key
+    return modules
+
+
+def _lora_pair(module: str, parts: dict, target: str, adapter: SafetensorsDir, acfg: dict, spec: ModelSpec,
+               adapter_dir: Path) -> list[PlannedTensor]:
+    """A module's LoRA A / B as GGUF tensors, PEFT's scaling folded into B."""
+    f32 = _gguf().GGMLQuantizationType.F32
+    hf_name = module + ".weight"
+    a_key = parts.get("lora_A") or parts.get("lora_embedding_A")
+    b_key = parts.get("lora_B") or parts.get("lora_embedding_B")
+    if not a_key or not b_key:
+        raise SnaketuneError(adapter_dir, f"{module} has only one of lora_A / lora_B", field=module,
+                             fix="re-save the adapter")
+    rank = adapter.shape(a_key)[0]
+    r = _pattern_value(acfg.get("rank_pattern"), module, acfg.get("r", 8))
+    alpha = _pattern_value(acfg.get("alpha_pattern"), module, acfg.get("lora_alpha", 8))
+    scale = alpha / math.sqrt(r) if acfg.get("use_rslora") else alpha / r
+    if rank != r:
+        log.warning("%s: rank %d in the weights, %d in the config; using the config's scaling",
+                    module, rank, r)
+    if "lora_embedding_A" in parts:
+        # embeddings: llama.cpp gathers rows of A (vocab x r) and multiplies by B (hidden x r)
+        return [PlannedTensor(target + ".lora_a", adapter.shape(a_key)[::-1], f32,
+                              lambda: adapter.get(a_key).T),
+                PlannedTensor(target + ".lora_b", adapter.shape(b_key), f32,
+                              lambda: adapter.get(b_key) * scale)]
+    # B's rows are the weight's rows, so they take the same q/k permutation as the weight
+    return [PlannedTensor(target + ".lora_a", adapter.shape(a_key), f32, lambda: adapter.get(a_key)),
+            PlannedTensor(target + ".lora_b", adapter.shape(b_key), f32,
+                          lambda: to_gguf_layout(hf_name, adapter.get(b_key) * scale, spec))]
+
+
 def _full_delta_pair(target: str, hf_name: str, key: str, adapter, base_weights, spec) -> list[PlannedTensor]:
     """A module saved whole as an exact LoRA pair: the difference from the base and an identity."""
     gguf = _gguf()
@@ -744,7 +767,8 @@ def _full_delta_pair(target: str, hf_name: str, key: str, adapter, base_weights,
     if base_name not in base_weights and hf_name == "lm_head.weight" and spec.tied:
         base_name = "model.embed_tokens.weight"
     if base_name not in base_weights:
-        raise SnaketuneError(base_weights.path, f"the adapter replaces {hf_name} but the base has no such tensor",
+        raise SnaketuneError(base_weights.path,
+                             f"the adapter replaces {hf_name} but the base has no such tensor",
                              field=hf_name, fix="export the adapter against the base it was trained on")
     rows, cols = adapter.shape(key)
 
@@ -757,4 +781,5 @@ def _full_delta_pair(target: str, hf_name: str, key: str, adapter, base_weights,
         return [PlannedTensor(target + ".lora_a", (rows, cols), f32, delta),
                 PlannedTensor(target + ".lora_b", (cols, cols), f32, lambda: np.eye(cols, dtype=np.float32))]
     return [PlannedTensor(target + ".lora_a", (cols, cols), f32, lambda: np.eye(cols, dtype=np.float32)),
-            PlannedTensor(target + ".lora_b", (rows, cols), f32, lambda: to_gguf_layout(hf_name, delta(), spec))]
+            PlannedTensor(target + ".lora_b", (rows, cols), f32,
+                          lambda: to_gguf_layout(hf_name, delta(), spec))]

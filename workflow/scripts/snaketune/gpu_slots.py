@@ -31,6 +31,8 @@ from pathlib import Path
 
 from .errors import SnaketuneError, config_error
 
+__all__ = ["DIR_ENV", "COUNT_ENV", "VISIBLE", "gpu_slot"]
+
 log = logging.getLogger(__name__)
 
 DIR_ENV = "SNAKETUNE_GPU_SLOTS_DIR"
@@ -119,12 +121,14 @@ def _warn_if_cuda_started() -> None:
 
 
 @contextlib.contextmanager
-def gpu_slot(n, *, directory=None, poll_seconds: float = 0.5, timeout: float | None = None):
+def gpu_slot(n, *, directory=None, poll_seconds: float = 0.5, timeout: float | None = None,
+             config_path: str | None = None):
     """Hold ``n`` GPUs of this machine for the block; yields their ids (a list of strings).
 
     n <= 0: nothing is claimed and nothing set. Under SLURM (SLURM_JOB_ID set): the ids SLURM gave
     the job are yielded untouched. No GPU on the machine: a warning, and the job runs without one.
     All cards busy: waits (``timeout`` seconds at most, forever by default) until enough are free.
+    More GPUs than the machine has: an error about ``resources.gpus`` in the config file ``config_path``.
     """
     n = int(n or 0)
     if n <= 0:
@@ -137,7 +141,8 @@ def gpu_slot(n, *, directory=None, poll_seconds: float = 0.5, timeout: float | N
                      os.environ["SLURM_JOB_ID"], VISIBLE, ",".join(given))
         else:
             log.warning("GPU slot: SLURM job %s asks for %d GPU(s) but SLURM set no %s; "
-                        "request them with the gpu resource (profiles/slurm)", os.environ["SLURM_JOB_ID"], n, VISIBLE)
+                        "request them with the gpu resource (profiles/slurm)", os.environ["SLURM_JOB_ID"], n,
+                        VISIBLE)
         yield given
         return
 
@@ -148,7 +153,8 @@ def gpu_slot(n, *, directory=None, poll_seconds: float = 0.5, timeout: float | N
         return
     if n > len(pool):
         raise config_error("resources.gpus", f"the job asks for {n} GPUs but this machine has {len(pool)} "
-                           f"({','.join(pool)})", fix=f"set resources.gpus to at most {len(pool)}")
+                           f"({','.join(pool)})", fix=f"set resources.gpus to at most {len(pool)}",
+                           config_path=config_path)
 
     shared = directory is None and not os.environ.get(DIR_ENV)
     directory = Path(directory) if directory else slots_dir()

@@ -8,6 +8,8 @@ import sys
 
 from .errors import SnaketuneError
 
+__all__ = ["to_log_file"]
+
 log = logging.getLogger("snaketune")
 
 

@@ -1,11 +1,8 @@
-"""Merge a specialist's LoRA adapter into its base: one standalone checkpoint that plain
-``AutoModelForCausalLM`` loads, with the tokenizer, the shared chat template and a generation config.
+"""Merge a specialist's LoRA adapter into its base: one checkpoint that plain transformers loads.
 
-The merge runs in float32 and is checked before it is kept: the saved model, loaded back with plain
+The merged directory holds the tokenizer, the shared chat template and a generation config. The merge
+runs in float32 and is checked before it is kept: the saved model, loaded back with plain
 transformers, must give the logits that base + adapter gave on a probe prompt.
-
-Stable API:
-    merge_adapter(base, adapter_dir, out_dir, revision=None, threads=None, gpus=0) -> dict
 """
 
 from __future__ import annotations
@@ -18,6 +15,8 @@ import numpy as np
 
 from .errors import SnaketuneError
 from .files import atomic_path, dumps_json, sha256_tree
+
+__all__ = ["merge_adapter"]
 
 log = logging.getLogger("snaketune.merge")
 
@@ -58,8 +57,10 @@ def _untie_if_diverged(model) -> bool:
     return True
 
 
-def merge_adapter(base, adapter_dir, out_dir, revision=None, threads: int | None = None, gpus: int = 0) -> dict:
-    """Merge ``adapter_dir`` into ``base`` (local dir or hub id) and save it in the base's dtype to ``out_dir``."""
+def merge_adapter(base, adapter_dir, out_dir, revision=None, threads: int | None = None, gpus: int = 0, *,
+                  config_path: str) -> dict:
+    """Merge ``adapter_dir`` into ``base`` (local dir or hub id, from the config file ``config_path``) and
+    save it in the base's dtype to ``out_dir``."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -75,7 +76,7 @@ def merge_adapter(base, adapter_dir, out_dir, revision=None, threads: int | None
     if acfg.get("peft_type", "LORA") != "LORA":
         raise SnaketuneError(cfg_path, f"adapter type {acfg.get('peft_type')!r} cannot be merged here",
                              field="peft_type", fix="train a LoRA adapter")
-    base_dir = local_model_dir(base, revision)
+    base_dir = local_model_dir(base, revision, config_path=config_path)
     base_cfg = _base_config(base_dir)
     dtype = str(base_cfg.get("dtype") or base_cfg.get("torch_dtype") or "float32")
     device = "cuda" if gpus and torch.cuda.is_available() else "cpu"
@@ -124,6 +125,6 @@ def merge_adapter(base, adapter_dir, out_dir, revision=None, threads: int | None
                                  f"(max |diff| {diff:.3g}, cosine {cosine:.6f})",
                                  fix="check that the adapter was trained on this base (adapter_config.json)")
         (tmp / REPORT).write_text(dumps_json(report), encoding="utf-8")
-    log.info("merged %s into %s (%s%s): %s", adapter_dir, base, dtype, ", untied embeddings" if untied else "",
-             out_dir)
+    log.info("merged %s into %s (%s%s): %s", adapter_dir, base, dtype,
+             ", untied embeddings" if untied else "", out_dir)
     return report

@@ -14,6 +14,11 @@ from collections import Counter
 
 from .errors import SnaketuneError
 
+__all__ = [
+    "parse_tool_calls", "gold_calls", "score_example", "aggregate", "targets_report", "text_exact_match",
+    "token_f1", "score_text", "aggregate_text"
+]
+
 OPEN_TAG = "<tool_call>"
 CLOSE_TAG = "</tool_call>"
 
@@ -211,13 +216,14 @@ def aggregate(examples) -> dict:
     return out
 
 
-def targets_report(metrics: dict, targets: dict) -> dict:
-    """{metric: {"value", "target", "passed"}} for each configured target (value >= target)."""
+def targets_report(metrics: dict, targets: dict, *, config_path: str | None = None) -> dict:
+    """{metric: {"value", "target", "passed"}} for each target (value >= target) of ``eval.targets`` in the
+    config file ``config_path``."""
     report = {}
     for name, target in targets.items():
         if name not in metrics or name in _NOT_TARGETS:
             known = ", ".join(sorted(m for m in metrics if m not in _NOT_TARGETS))
-            raise SnaketuneError("config/config.yaml", "is not a metric the evaluation computes",
+            raise SnaketuneError(config_path, "is not a metric the evaluation computes",
                                  field=f"eval.targets.{name}", fix=f"use one of: {known}")
         value = metrics[name]
         report[name] = {"value": value, "target": target,

@@ -1,14 +1,10 @@
-"""The Ollama Modelfile of a specialist: FROM its GGUF, the chat template as an Ollama (Go) template,
-a stop for every end-of-turn token, and the specialist's system prompt.
+"""The Ollama Modelfile of a specialist, so that Ollama runs its GGUF as training rendered the chats.
 
-Ollama does not run Jinja, so the template is the Go rendering of the shared ChatML template
-(snaketune/chat_template.jinja): same turns, same <tools> block, same <tool_call> lines. Ollama writes
-tool JSON compactly where transformers writes ``", "`` separators; everything else renders alike.
-
-Stable API:
-    write_modelfile(out_path, gguf_path, merged_dir, system_prompt="", name=None) -> str
-    modelfile_text(gguf_name, template, stops, system_prompt="", name=None) -> str
-    ollama_template(chat_template) -> str ; end_of_turn_tokens(merged_dir) -> [str]
+The Modelfile names the GGUF, the chat template as an Ollama (Go) template, a stop for every
+end-of-turn token, and the specialist's system prompt. Ollama does not run Jinja, so the template is
+the Go rendering of the shared ChatML template (snaketune/chat_template.jinja): same turns, same
+<tools> block, same <tool_call> lines. Ollama writes tool JSON compactly where transformers writes
+``", "`` separators; everything else renders alike.
 """
 
 from __future__ import annotations
@@ -19,7 +15,11 @@ from pathlib import Path
 from .errors import SnaketuneError
 from .files import atomic_path
 
-# The Go twin of chat_template.jinja (ChatML + Qwen2.5-style tools), in the shape of Ollama's qwen2.5 template.
+__all__ = [
+    "CHATML_TOOLS_TEMPLATE", "ollama_template", "end_of_turn_tokens", "modelfile_text", "write_modelfile"
+]
+
+# The Go twin of chat_template.jinja (ChatML + Qwen2.5-style tools), shaped like Ollama's qwen2.5 template.
 CHATML_TOOLS_TEMPLATE = '''{{- if .Messages }}
 {{- if or .System .Tools }}<|im_start|>system
 {{ if .System }}{{ .System }}{{ if .Tools }}
@@ -69,7 +69,7 @@ For each function call, return a json object with function name and arguments wi
 {{ end }}{{ if .Prompt }}<|im_start|>user
 {{ .Prompt }}<|im_end|>
 {{ end }}<|im_start|>assistant
-{{ end }}{{ .Response }}{{ if .Response }}<|im_end|>{{ end }}'''
+{{ end }}{{ .Response }}{{ if .Response }}<|im_end|>{{ end }}'''  # noqa: E501 (the template's own lines)
 
 
 def ollama_template(chat_template: str | None, path=None) -> str:

@@ -4,11 +4,6 @@ Checked on the specialist's test prompts: identical token ids from both tokenize
 that stress the pre-tokenizer), last-token logits with an F32 KV cache within the thresholds below,
 base GGUF + LoRA GGUF against the merged model, the same chat template, and the same greedy text.
 A failed check raises after the report is logged; the JSON is written only when everything passed.
-
-Stable API:
-    check_parity(merged_dir, ggufs, test_path, out_json, settings, lora=None, base_gguf=None,
-                 base_quant=None, n_prompts=4, threads=1, new_tokens=16) -> dict
-    THRESHOLDS
 """
 
 from __future__ import annotations
@@ -22,6 +17,8 @@ import numpy as np
 
 from .errors import SnaketuneError
 from .files import read_jsonl, sha256_file, write_json
+
+__all__ = ["THRESHOLDS", "PROBE_TEXTS", "check_parity"]
 
 log = logging.getLogger("snaketune.parity")
 
@@ -45,7 +42,8 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def build_prompts(tokenizer, test_path, settings: dict, n_prompts: int) -> list[dict]:
-    """The first ``n_prompts`` test rows of the specialist (all rows when it has none), as inference sees them."""
+    """The first ``n_prompts`` test rows of the specialist (all rows when it has none), as inference sees
+    them."""
     from .chat_template import apply_template, specialist_chat, specialist_rows, split_prompt
 
     rows = read_jsonl(test_path)
@@ -93,7 +91,8 @@ class HFReference:
                 out.append(token)
                 if token in stops:
                     break
-                result = self.model(torch.tensor([[token]]), past_key_values=result.past_key_values, use_cache=True)
+                result = self.model(torch.tensor([[token]]), past_key_values=result.past_key_values,
+                                    use_cache=True)
         return out, rows
 
 
@@ -107,11 +106,13 @@ class GGUFRunner:
         kwargs = {"lora_path": str(lora)} if lora else {}
         try:
             self.llm = llama_cpp.Llama(
-                model_path=str(path), n_ctx=n_ctx, n_batch=min(n_ctx, 512), logits_all=True, n_threads=threads,
+                model_path=str(path), n_ctx=n_ctx, n_batch=min(n_ctx, 512), logits_all=True,
+                n_threads=threads,
                 n_threads_batch=threads, type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32,
                 seed=0, verbose=False, **kwargs)
         except (ValueError, RuntimeError) as err:
-            raise SnaketuneError(path, f"llama.cpp cannot load it{' with ' + str(lora) if lora else ''}: {err}",
+            with_lora = f" with {lora}" if lora else ""
+            raise SnaketuneError(path, f"llama.cpp cannot load it{with_lora}: {err}",
                                  fix="rerun the gguf / lora_gguf rule; see its log") from err
 
     def tokenize(self, text: str, add_special: bool) -> list[int]:
@@ -216,26 +217,32 @@ def check_gguf(runner: GGUFRunner, ref: HFReference, prompts: list[dict], limits
         result["id"] = prompt["id"]
         per_prompt.append(result)
         if not result["passed"]:
-            failures.append(f"logits on prompt {prompt['id']}: last max|diff| {result['last_max_abs_diff']:.3g}, "
-                            f"cosine {result['last_cosine']:.5f}, argmax agreement {result['argmax_agreement']:.3f}")
+            failures.append(f"logits on prompt {prompt['id']}: last max|diff| "
+                            f"{result['last_max_abs_diff']:.3g}, cosine {result['last_cosine']:.5f}, "
+                            f"argmax agreement {result['argmax_agreement']:.3f}")
         got = runner.greedy(ids, new_tokens, stops)
         text = runner.text(got)
-        outcome = compare_greedy(prompt["greedy"], prompt["greedy_logits"], got, limits.get("max_abs_diff", 0.0))
-        outcome.update({"id": prompt["id"], "same_text": outcome["same_tokens"] and text == prompt["greedy_text"],
+        outcome = compare_greedy(prompt["greedy"], prompt["greedy_logits"], got,
+                                 limits.get("max_abs_diff", 0.0))
+        outcome.update({"id": prompt["id"],
+                        "same_text": outcome["same_tokens"] and text == prompt["greedy_text"],
                         "hf_text": prompt["greedy_text"], "gguf_text": text})
         greedy.append(outcome)
         if limits.get("greedy") and not outcome["same_text"] and not outcome["near_tie"]:
-            failures.append(f"greedy text differs on prompt {prompt['id']}: {text!r} vs HF {prompt['greedy_text']!r}")
+            failures.append(f"greedy text differs on prompt {prompt['id']}: {text!r} "
+                            f"vs HF {prompt['greedy_text']!r}")
     gguf_template = runner.metadata("tokenizer.chat_template")
     if template is not None and gguf_template != template:
         failures.append("the GGUF's chat template differs from the merged model's")
-    return {"thresholds": limits, "tokenizer_match": tokenizer_ok, "chat_template_match": gguf_template == template,
+    return {"thresholds": limits, "tokenizer_match": tokenizer_ok,
+            "chat_template_match": gguf_template == template,
             "worst": _worst(per_prompt), "prompts": per_prompt, "greedy": greedy,
             "greedy_required": bool(limits.get("greedy")), "failures": failures, "passed": not failures}
 
 
 def check_parity(merged_dir, ggufs: dict, test_path, out_json, settings: dict, lora=None, base_gguf=None,
-                 base_quant: str | None = None, n_prompts: int = 4, threads: int = 1, new_tokens: int = 16) -> dict:
+                 base_quant: str | None = None, n_prompts: int = 4, threads: int = 1,
+                 new_tokens: int = 16) -> dict:
     """Run every check for the specialist's GGUFs (``{quant: path}``) and write ``out_json`` if all pass."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from .chat_template import stop_token_ids
@@ -267,9 +274,11 @@ def check_parity(merged_dir, ggufs: dict, test_path, out_json, settings: dict, l
         result["file"] = path.name
         result["sha256"] = sha256_file(path)
         if lora_path is not None:
-            result.update({"lora_file": lora_path.name, "lora_sha256": sha256_file(lora_path), "base_quant": quant})
+            result.update({"lora_file": lora_path.name, "lora_sha256": sha256_file(lora_path),
+                           "base_quant": quant})
         results[key] = result
-        log.info("%s: %s; worst %s", key, "passed" if result["passed"] else "FAILED", json.dumps(result["worst"]))
+        log.info("%s: %s; worst %s", key, "passed" if result["passed"] else "FAILED",
+                 json.dumps(result["worst"]))
 
     report = {
         "specialist": settings.get("name"),
@@ -286,6 +295,7 @@ def check_parity(merged_dir, ggufs: dict, test_path, out_json, settings: dict, l
         failed = [f"{key}: {r['failures'][0]}" for key, r in results.items() if not r["passed"]]
         raise SnaketuneError(next(iter(ggufs.values())) if ggufs else lora,
                              f"GGUF parity failed for {len(failed)} file(s): " + "; ".join(failed),
-                             fix="the conversion is wrong for this model; the rule's log holds the full report")
+                             fix="the conversion is wrong for this model; "
+                                 "the rule's log holds the full report")
     write_json(out_json, report)
     return report

@@ -2,8 +2,9 @@
 
 Every entry script wraps its work in ``with rule_step(snakemake):``. That sends the step's output to the
 rule's log file, holds the GPU slot the rule asks for (``resources: gpu=``), and once the block has
-succeeded writes ``results/provenance/{rule}/{wildcards}.json`` atomically. ``snaketune.audit`` reads
-these records back and checks each result against them months later.
+succeeded writes ``{records}/{rule}/{wildcards}.json`` atomically, where the rule's ``provenance``
+param (``{"records": ..., "locks": ...}``) says where records go and where the committed locks are.
+``snaketune.audit`` reads these records back and checks each result against them months later.
 
 Paths in a record are relative to the working directory (as Snakemake gives them) or to the checkout,
 so records from two checkouts compare; times, host and device are recorded but never compared.
@@ -29,12 +30,15 @@ from .files import sha256_file, sha256_tree, write_json
 from .gpu_slots import gpu_slot
 from .logs import to_log_file
 
-PROVENANCE_DIR = Path("results/provenance")
+__all__ = [
+    "record_name", "record_path", "jsonable", "normalised", "find_seeds", "file_hash", "checkout_root",
+    "package_files", "script_path", "git_record", "lock_variant", "lock_file", "rule_step", "read_records"
+]
+
 FORMAT = 1
 PACKAGE_DIR = Path(__file__).resolve().parent
 # Files of the package that count as code (not caches); non-Python files are read by every step.
 CODE_SUFFIXES = (".py", ".jinja", ".json", ".yaml")
-LOCK_DIR = Path("envs/lock")
 
 
 # ---------------------------------------------------------------- naming and plain values
@@ -46,7 +50,8 @@ def record_name(wildcards: dict) -> str:
     return ".".join(values) if values else "all"
 
 
-def record_path(rule: str, wildcards: dict, root=PROVENANCE_DIR) -> Path:
+def record_path(rule: str, wildcards: dict, root) -> Path:
+    """Where the record of ``rule`` for ``wildcards`` goes under the records directory ``root``."""
     return Path(root) / rule / f"{record_name(wildcards)}.json"
 
 
@@ -77,7 +82,8 @@ def find_seeds(params, prefix: str = "params") -> dict:
     if isinstance(params, dict):
         for key, value in params.items():
             path = f"{prefix}.{key}"
-            if (key == "seed" or key.endswith("_seed")) and isinstance(value, int) and not isinstance(value, bool):
+            is_seed = key == "seed" or key.endswith("_seed")
+            if is_seed and isinstance(value, int) and not isinstance(value, bool):
                 seeds[path] = value
             else:
                 seeds.update(find_seeds(value, path))
@@ -170,8 +176,8 @@ def code_record(script=None) -> dict:
     """Entry script + the whole package: hashes per file, which package files the step imported."""
     script = Path(script).resolve() if script else script_path()
     files = package_files()
-    record = {"package": {"path": "workflow/scripts/snaketune", "sha256": combined_hash(files), "files": files,
-                          "imported": imported_package_files()}}
+    record = {"package": {"path": "workflow/scripts/snaketune", "sha256": combined_hash(files),
+                          "files": files, "imported": imported_package_files()}}
     if script is not None and script.is_file():
         record["script"] = {"path": script_label(script), "sha256": sha256_file(script)}
     both = {"script": record.get("script", {}).get("sha256", ""), "package": record["package"]["sha256"]}
@@ -206,7 +212,8 @@ def lock_variant(installed: dict) -> str:
     return "cpu"
 
 
-def lock_file(variant: str, lock_dir=LOCK_DIR) -> Path:
+def lock_file(variant: str, lock_dir) -> Path:
+    """The committed lock of a variant in the directory of committed locks ``lock_dir``."""
     return Path(lock_dir) / f"requirements.{variant}.txt"
 
 
@@ -216,7 +223,8 @@ def canonical_name(name: str) -> str:
 
 
 def installed_versions() -> dict:
-    """{canonical name: version} of the installed distributions; the first on sys.path wins, as for imports."""
+    """{canonical name: version} of the installed distributions; the first on sys.path wins, as for
+    imports."""
     out = {}
     for dist in importlib.metadata.distributions():
         name = dist.metadata.get("Name")
@@ -232,15 +240,18 @@ def loaded_distributions() -> set[str]:
     return {canonical_name(dist) for name in top for dist in providers.get(name, ())}
 
 
-def environment_record() -> dict:
+def environment_record(lock_dir) -> dict:
+    """Python, Snakemake, the packages this step loaded, and the committed lock (in ``lock_dir``) they
+    match."""
     installed = installed_versions()
     variant = lock_variant(installed)
-    lock = lock_file(variant)
+    lock = lock_file(variant, lock_dir)
     loaded = loaded_distributions() | {"snakemake"}
     return {
         "python": platform.python_version(),
         "snakemake": installed.get("snakemake"),
-        "lock": {"variant": variant, "path": lock.as_posix(), "sha256": sha256_file(lock) if lock.is_file() else None},
+        "lock": {"variant": variant, "path": lock.as_posix(),
+                 "sha256": sha256_file(lock) if lock.is_file() else None},
         "packages": {name: installed[name] for name in sorted(loaded) if name in installed},
     }
 
@@ -255,7 +266,8 @@ def _cpu_model() -> str:
 
 def device_record() -> dict:
     """CPU model, and the GPUs / CUDA version where the step had torch loaded (never imports torch itself)."""
-    record = {"cpu": _cpu_model(), "cpus": os.cpu_count(), "platform": f"{platform.system()} {platform.machine()}",
+    record = {"cpu": _cpu_model(), "cpus": os.cpu_count(),
+              "platform": f"{platform.system()} {platform.machine()}",
               "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "cuda": None, "gpus": []}
     torch = sys.modules.get("torch")
     if torch is not None:
@@ -276,6 +288,7 @@ def _now() -> str:
 
 def build_record(smk, started: str, seconds: float, script=None) -> dict:
     """The provenance record of a finished step (``smk``: the script's ``snakemake`` object)."""
+    settings = provenance_settings(smk)
     params = jsonable(smk.params)
     wildcards = {str(k): str(v) for k, v in smk.wildcards.items()}
     script = Path(script).resolve() if script else script_path()
@@ -288,7 +301,7 @@ def build_record(smk, started: str, seconds: float, script=None) -> dict:
         "params": params,
         "seeds": find_seeds(params),
         "code": code_record(script),
-        "environment": environment_record(),
+        "environment": environment_record(settings["locks"]),
         "device": device_record(),
         "threads": smk.threads,
         "gpus": int(smk.resources.get("gpu", 0) or 0),
@@ -301,24 +314,36 @@ def build_record(smk, started: str, seconds: float, script=None) -> dict:
     }
 
 
+def provenance_settings(smk) -> dict:
+    """The rule's ``provenance`` param: ``{"records": records directory, "locks": committed locks
+    directory}``."""
+    settings = smk.params.get("provenance")
+    if not isinstance(settings, dict) or not {"records", "locks"} <= settings.keys():
+        raise RuntimeError(f"rule {smk.rule} gives no provenance param with records and locks directories "
+                           "(every rule that runs rule_step needs one)")
+    return settings
+
+
 @contextlib.contextmanager
 def rule_step(smk):
     """Run one rule's work: log file, GPU slot, then its provenance record (only if the block succeeds).
 
-    Yields the GPU device ids the step holds (``[]`` for CPU steps).
+    Yields the GPU device ids the step holds (``[]`` for CPU steps). The rule's params give where the
+    record goes (``provenance``) and the config file that errors about its GPU count name (``config_path``).
     """
+    settings = provenance_settings(smk)
     with to_log_file(smk.log[0]):
         started, clock = _now(), time.perf_counter()
-        with gpu_slot(smk.resources.get("gpu", 0)) as devices:
+        with gpu_slot(smk.resources.get("gpu", 0), config_path=smk.params.get("config_path")) as devices:
             yield devices
         seconds = time.perf_counter() - clock
         record = build_record(smk, started, seconds)
-        path = record_path(record["rule"], record["wildcards"])
+        path = record_path(record["rule"], record["wildcards"], settings["records"])
         write_json(path, record)
         print(f"provenance: {path}")
 
 
-def read_records(root=PROVENANCE_DIR) -> list[tuple[Path, dict]]:
+def read_records(root) -> list[tuple[Path, dict]]:
     """Every provenance record under ``root``, sorted by path."""
     out = []
     for path in sorted(Path(root).glob("*/*.json")):

@@ -14,6 +14,8 @@ from pathlib import Path
 
 from .files import atomic_path, read_json
 
+__all__ = ["write_report_tables"]
+
 METRICS = ("exact_match", "tool_accuracy", "param_f1", "json_valid_rate")
 METRIC_NAMES = {"exact_match": "exact match", "tool_accuracy": "tool accuracy", "param_f1": "param F1",
                 "json_valid_rate": "JSON valid"}
@@ -63,7 +65,8 @@ def eval_rows(summary: dict) -> list[list[str]]:
             sign = "+" if (delta or 0) >= 0 else ""
             cells.append(f"{_num(m.get('base'))} → {_num(m.get('tuned'))}"
                          + (f" ({sign}{_num(delta)})" if delta is not None else ""))
-        rows.append([row["specialist"], str(row["n_examples"]), *cells, "yes" if row["targets_met"] else "no"])
+        rows.append([row["specialist"], str(row["n_examples"]), *cells,
+                     "yes" if row["targets_met"] else "no"])
     return rows
 
 

@@ -1,8 +1,8 @@
-"""The train stage: one LoRA (or QLoRA) adapter per specialist with TRL's SFTTrainer, resumable and reproducible.
+"""The train stage: one LoRA (or QLoRA) adapter per specialist with TRL's SFTTrainer, resumable, reproducible.
 
 ``train_adapter`` is what the rule runs. It selects the specialist's examples, tokenizes them with the
-shared chat template (assistant-only labels), trains from the base with PEFT, checkpoints into
-``results/checkpoints/{specialist}/`` (resuming when the inputs and settings are the same), and writes
+shared chat template (assistant-only labels), trains from the base with PEFT, checkpoints into the
+rule's checkpoint directory (resuming when the inputs and settings are the same), and writes
 the adapter directory atomically: adapter weights and config, tokenizer + template,
 ``specialist_config.json``, ``train_metrics.json``, TensorBoard events and ``loss_curve.png``.
 """
@@ -15,15 +15,23 @@ import logging
 import os
 import shutil
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .chat_template import encode_chat, gold_tool_names, specialist_chat, specialist_rows
 from .errors import SnaketuneError
 from .files import atomic_path, dumps_json, read_jsonl, sha256_file, write_json
+from .ranks import backend, barrier, gathered_state_dict, rank_and_world
+
+__all__ = [
+    "DETERMINISTIC_FILES", "tokenize_rows", "label_mask_tokens", "resolve_device", "resolve_options",
+    "training_arguments", "lora_config", "length_grouped_sampler", "assistant_head_loss", "trainer_class",
+    "set_threads", "train_adapter"
+]
 
 log = logging.getLogger("snaketune.training")
 
-CONFIG = "config/config.yaml"
 FINGERPRINT = "fingerprint.json"
 # Files of the adapter directory whose bytes depend only on the inputs (timings go to a sidecar JSON).
 DETERMINISTIC_FILES = ("adapter_model.safetensors", "adapter_config.json", "specialist_config.json",
@@ -32,8 +40,10 @@ DETERMINISTIC_FILES = ("adapter_model.safetensors", "adapter_config.json", "spec
 
 # --- examples ---------------------------------------------------------------------------------
 
-def tokenize_rows(rows, tokenizer, settings: dict, source="results/data/train.jsonl") -> tuple[list[dict], list[str]]:
+def tokenize_rows(rows, tokenizer, settings: dict, source=None) -> tuple[list[dict], list[str]]:
     """Token ids and labels (-100 outside what the assistant writes) for each row; also the ids skipped.
+
+    ``source``: the file the rows come from, named in errors.
 
     A row whose template gives no assistant token is an error (it would train on nothing); a row longer
     than ``max_seq_len`` is skipped (truncating it would teach the model to stop mid-call).
@@ -45,8 +55,8 @@ def tokenize_rows(rows, tokenizer, settings: dict, source="results/data/train.js
         enc = encode_chat(tokenizer, messages, tools)
         ids, mask = enc["input_ids"], enc["assistant_masks"]
         if not any(mask):
-            raise SnaketuneError(source, f"row {row.get('id', index)} has an empty loss mask: the chat template "
-                                 "marks no assistant tokens", field="messages",
+            raise SnaketuneError(source, f"row {row.get('id', index)} has an empty loss mask: the chat "
+                                 "template marks no assistant tokens", field="messages",
                                  fix="end every row with an assistant message (content or tool_calls)")
         if len(ids) > max_len:
             skipped.append(str(row.get("id", index)))
@@ -78,15 +88,17 @@ def resolve_device(gpus: int) -> str:
     return "cpu"
 
 
-def resolve_options(train: dict, device: str) -> dict:
-    """``auto`` choices made concrete for this device (TRL's own defaults are wrong on CPU)."""
+def resolve_options(train: dict, device: str, *, config_path: str) -> dict:
+    """``auto`` choices made concrete for this device (TRL's own defaults are wrong on CPU); ``train`` is a
+    specialist's train settings from the config file ``config_path``."""
     import torch
 
     dtype = train.get("dtype", "auto")
     if dtype == "auto":
         dtype = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if device == "cuda" else "fp32"
     if device == "cpu" and dtype == "fp16":
-        raise SnaketuneError(CONFIG, "fp16 training needs a GPU", field="train.dtype", fix="use auto or fp32 on CPU")
+        raise SnaketuneError(config_path, "fp16 training needs a GPU", field="train.dtype",
+                             fix="use auto or fp32 on CPU")
     gc = train.get("gradient_checkpointing", "auto")
     gc = (device == "cuda") if gc == "auto" else bool(gc)
     packing = train.get("packing", "auto")
@@ -124,7 +136,8 @@ def training_arguments(settings: dict, options: dict, output_dir) -> dict:
         "padding_free": options["packing"],
         "bf16": options["dtype"] == "bf16",
         "fp16": options["dtype"] == "fp16",
-        "activation_checkpointing": options["gradient_checkpointing"],  # the new name of gradient_checkpointing
+        # transformers' name for gradient checkpointing
+        "activation_checkpointing": options["gradient_checkpointing"],
         "train_sampling_strategy": "group_by_length" if train.get("group_by_length", True) else "random",
         "deepspeed": train.get("deepspeed") or None,
         "seed": int(train["seed"]),
@@ -229,11 +242,12 @@ def write_tensorboard(log_history, out_dir) -> None:
         writer.write(Event(wall_time=0.0, step=0, file_version="brain.Event:2").SerializeToString())
         for entry in log_history:
             step = int(entry.get("step", 0))
-            values = [Summary.Value(tag=f"{'eval' if k.startswith('eval_') else 'train'}/{k.removeprefix('eval_')}",
-                                    simple_value=float(v))
+            values = [Summary.Value(tag=f"{'eval' if k.startswith('eval_') else 'train'}/"
+                                        f"{k.removeprefix('eval_')}", simple_value=float(v))
                       for k, v in sorted(entry.items())
-                      if k not in ("step", "epoch") and isinstance(v, (int, float)) and not k.endswith("_runtime")
-                      and not k.endswith("_per_second") and k not in ("total_flos", "train_runtime")]
+                      if k not in ("step", "epoch") and isinstance(v, (int, float))
+                      and not k.endswith("_runtime") and not k.endswith("_per_second")
+                      and k not in ("total_flos", "train_runtime")]
             if values:
                 event = Event(wall_time=float(step), step=step, summary=Summary(value=values))
                 writer.write(event.SerializeToString())
@@ -279,7 +293,7 @@ def _peak_memory_mb(device: str) -> float:
 
 # --- the trainer ----------------------------------------------------------------------------------
 
-def _length_grouped_sampler(lengths, batch_size: int, seed: int, chunk_batches: int = 4):
+def length_grouped_sampler(lengths, batch_size: int, seed: int, chunk_batches: int = 4):
     """Length-grouped batches that are still reshuffled every epoch.
 
     Each epoch (seeded by ``seed + epoch``) permutes the examples, cuts the permutation into chunks of
@@ -305,7 +319,8 @@ def _length_grouped_sampler(lengths, batch_size: int, seed: int, chunk_batches: 
             chunk = batch_size * chunk_batches
             order = []
             for start in range(0, len(perm), chunk):
-                part = sorted(perm[start:start + chunk], key=lambda i: -lengths[i])  # stable: ties keep perm order
+                # stable: ties keep perm order
+                part = sorted(perm[start:start + chunk], key=lambda i: -lengths[i])
                 batches = [part[b:b + batch_size] for b in range(0, len(part), batch_size)]
                 for k in torch.randperm(len(batches), generator=gen).tolist():
                     order.extend(batches[k])
@@ -322,7 +337,8 @@ def _assistant_head_applies(model, inputs, return_outputs: bool, args) -> bool:
     if isinstance(model, torch.nn.parallel.DistributedDataParallel) or getattr(model, "is_quantized", False):
         return False
     causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return hasattr(causal_lm, "model") and hasattr(causal_lm, "lm_head") and not getattr(causal_lm, "is_quantized", False)
+    return (hasattr(causal_lm, "model") and hasattr(causal_lm, "lm_head")
+            and not getattr(causal_lm, "is_quantized", False))
 
 
 def assistant_head_loss(trainer, model, inputs, num_items_in_batch=None):
@@ -353,17 +369,24 @@ def assistant_head_loss(trainer, model, inputs, num_items_in_batch=None):
     return loss
 
 
-def _trainer_class():
+def trainer_class():
     from trl import SFTTrainer
 
     class CheckedSFTTrainer(SFTTrainer):
-        """SFTTrainer that refuses a batch whose loss mask is empty (it would train on nothing, silently)."""
+        """SFTTrainer that refuses a batch whose loss mask is empty (it would train on nothing, silently).
+
+        ``config_path``: the config file whose ``train.max_seq_len`` that error names.
+        """
+
+        def __init__(self, *args, config_path: str | None = None, **kwargs):
+            self.config_path = config_path
+            super().__init__(*args, **kwargs)
 
         def training_step(self, model, inputs, num_items_in_batch=None):
             labels = inputs.get("labels")
             if labels is not None and label_mask_tokens(labels) == 0:
                 raise SnaketuneError(
-                    "results/data/train.jsonl", f"batch at step {self.state.global_step} has an empty loss mask "
+                    self.config_path, f"batch at step {self.state.global_step} has an empty loss mask "
                     "(no assistant tokens after truncation)", field="train.max_seq_len",
                     fix="raise max_seq_len or drop rows whose assistant turn does not fit")
             return super().training_step(model, inputs, num_items_in_batch)
@@ -381,10 +404,11 @@ def _trainer_class():
 
         def _get_train_sampler(self, train_dataset=None):
             dataset = train_dataset if train_dataset is not None else self.train_dataset
-            if self.args.train_sampling_strategy != "group_by_length" or "input_ids" not in dataset.column_names:
+            grouped = self.args.train_sampling_strategy == "group_by_length"
+            if not grouped or "input_ids" not in dataset.column_names:
                 return super()._get_train_sampler(train_dataset)
             lengths = [len(ids) for ids in dataset["input_ids"]]
-            return _length_grouped_sampler(lengths, self.args.per_device_train_batch_size, self.args.seed)
+            return length_grouped_sampler(lengths, self.args.per_device_train_batch_size, self.args.seed)
 
     return CheckedSFTTrainer
 
@@ -399,181 +423,289 @@ def set_threads(threads: int) -> None:
         pass
 
 
-def train_adapter(base_dir, train_path, val_path, out_dir, settings: dict, checkpoint_dir=None, *,
-                  base_cfg: dict | None = None, threads: int = 1, gpus: int | None = None,
+@dataclass
+class TrainingRun:
+    """What a train step settles before it trains: the base, the device, the examples, the checkpoint."""
+
+    settings: dict
+    base_cfg: dict
+    base_name: str
+    options: dict
+    threads: int
+    checkpoint_dir: Path
+    config_path: str
+    rank: int = 0
+    world_size: int = 1
+    tokenizer: Any = None
+    train_rows: list = field(default_factory=list)
+    train_examples: list = field(default_factory=list)
+    val_examples: list = field(default_factory=list)
+    skipped: list = field(default_factory=list)
+    n_tokens: int = 0
+    identity: dict = field(default_factory=dict)
+    data_hashes: dict = field(default_factory=dict)
+    fingerprint: str = ""
+    resume: Path | None = None
+
+    @property
+    def name(self) -> str:
+        return self.settings["name"]
+
+    @property
+    def revision(self):
+        return self.base_cfg.get("revision")
+
+    @property
+    def trust_remote_code(self) -> bool:
+        return bool(self.base_cfg.get("trust_remote_code", False))
+
+
+def train_adapter(base_dir, train_path, val_path, out_dir, settings: dict, checkpoint_dir, *,
+                  config_path: str, base_cfg: dict | None = None, threads: int = 1, gpus: int | None = None,
                   timing_path=None) -> dict:
     """Train one specialist's adapter into ``out_dir`` (atomically); returns train_metrics.
 
     ``base_dir`` is the base's local directory or hub id (``base_cfg`` = config["base_model"] adds
-    revision / trust_remote_code); ``settings`` = config.specialist_settings(config, name).
+    revision / trust_remote_code); ``settings`` = config.specialist_settings(config, name), from the
+    config file ``config_path`` (errors about settings name it). Checkpoints go to ``checkpoint_dir``.
     """
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     set_threads(threads)
     import datasets
     import torch
-    from datasets import Dataset
-    from trl import SFTConfig
-
-    from .modeling import base_identity, load_base_model, load_tokenizer, quantization_config, readable_tree
 
     datasets.disable_caching()
     datasets.disable_progress_bars()
-    base_cfg = dict(base_cfg or {})
-    base_name = str(base_dir) if base_dir else base_cfg["name_or_path"]
-    revision, trust = base_cfg.get("revision"), bool(base_cfg.get("trust_remote_code", False))
-    name = settings["name"]
-    train_cfg = settings["train"]
-    gpus = settings.get("resources", {}).get("gpus", 0) if gpus is None else gpus
-    options = resolve_options(train_cfg, resolve_device(gpus))
-    # --- distributed (torchrun children, snaketune.distributed): rank 0 alone writes
-    from .distributed import backend, barrier, gathered_state_dict, rank_and_world
+    run = start_run(base_dir, settings, base_cfg, threads, gpus, checkpoint_dir, config_path)
+    load_examples(run, train_path, val_path)
+    find_checkpoint(run, train_path, val_path)
+    trainer, args = build_trainer(run)
+    wall, cpu, eval_loss = fit(trainer, run)
+    metrics = train_metrics(run, trainer, args, wall, cpu, eval_loss)
+    spec_config = specialist_config(run, args, train_path, val_path)
+    save_adapter(run, trainer, metrics, spec_config, out_dir, timing_path)
+    del trainer
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return metrics
 
-    rank, world_size = rank_and_world()
+
+def start_run(base_dir, settings: dict, base_cfg: dict | None, threads: int, gpus: int | None,
+              checkpoint_dir, config_path: str) -> TrainingRun:
+    """The device options, this process's rank, and the checkpoint directory of a train step."""
+    from .modeling import quantization_config
+
+    base_cfg = dict(base_cfg or {})
+    gpus = settings.get("resources", {}).get("gpus", 0) if gpus is None else gpus
+    options = resolve_options(settings["train"], resolve_device(gpus), config_path=config_path)
+    rank, world_size = rank_and_world()  # torchrun children (snaketune.launch): rank 0 alone writes
     if world_size > 1:
         options["world_size"] = world_size  # in the fingerprint: n processes train differently from one
-    # --- end distributed
-    checkpoint_dir = Path(checkpoint_dir or f"results/checkpoints/{name}")
-    quantization_config(options["quantization"])  # refused here, before the checkpoint directory is touched
+    run = TrainingRun(settings=settings, base_cfg=base_cfg,
+                      base_name=str(base_dir) if base_dir else base_cfg["name_or_path"], options=options,
+                      threads=threads, checkpoint_dir=Path(checkpoint_dir), config_path=config_path,
+                      rank=rank, world_size=world_size)
+    # refused here, before the checkpoint directory is touched
+    quantization_config(options["quantization"], config_path=config_path)
+    return run
 
-    tokenizer = load_tokenizer(base_name, revision, trust)
-    train_rows = specialist_rows(read_jsonl(train_path), settings["focus_tools"])
+
+def load_examples(run: TrainingRun, train_path, val_path) -> None:
+    """The tokenizer and the specialist's tokenized training and validation examples."""
+    from .modeling import load_tokenizer
+
+    settings, name = run.settings, run.name
+    run.tokenizer = load_tokenizer(run.base_name, run.revision, run.trust_remote_code,
+                                   config_path=run.config_path)
+    run.train_rows = specialist_rows(read_jsonl(train_path), settings["focus_tools"])
     val_rows = specialist_rows(read_jsonl(val_path), settings["focus_tools"]) if val_path else []
-    if not train_rows:
+    if not run.train_rows:
         raise SnaketuneError(train_path, f"no training rows call only {name}'s focus tools",
                              field=f"specialists.{name}.focus_tools",
                              fix="check the tool names against the data, or leave focus_tools empty")
-    train_examples, skipped = tokenize_rows(train_rows, tokenizer, settings, str(train_path))
-    val_examples, _ = tokenize_rows(val_rows, tokenizer, settings, str(val_path))
-    if skipped:
+    run.train_examples, run.skipped = tokenize_rows(run.train_rows, run.tokenizer, settings, str(train_path))
+    run.val_examples, _ = tokenize_rows(val_rows, run.tokenizer, settings, str(val_path))
+    if run.skipped:
         log.warning("%d of %d training rows are longer than max_seq_len %d and were skipped",
-                    len(skipped), len(train_rows), train_cfg["max_seq_len"])
-    if not train_examples:
-        raise SnaketuneError(CONFIG, f"every training row of {name} is longer than max_seq_len",
+                    len(run.skipped), len(run.train_rows), settings["train"]["max_seq_len"])
+    if not run.train_examples:
+        raise SnaketuneError(run.config_path, f"every training row of {name} is longer than max_seq_len",
                              field="defaults.train.max_seq_len", fix="raise max_seq_len")
-    n_tokens = sum(len(e["input_ids"]) for e in train_examples)
+    run.n_tokens = sum(len(e["input_ids"]) for e in run.train_examples)
     log.info("%s: %d training rows (%d tokens, %.0f per row), %d validation rows, on %s (%s, %d thread%s)",
-             name, len(train_examples), n_tokens, n_tokens / len(train_examples), len(val_examples),
-             options["device"], options["dtype"], threads, "" if threads == 1 else "s")
+             name, len(run.train_examples), run.n_tokens, run.n_tokens / len(run.train_examples),
+             len(run.val_examples), run.options["device"], run.options["dtype"], run.threads,
+             "" if run.threads == 1 else "s")
 
-    identity = base_identity(base_name, revision)
-    data_hashes = {"train": sha256_file(train_path), "val": sha256_file(val_path) if val_path else None}
-    fp = fingerprint(identity, data_hashes, settings, options, threads)
-    resume = resumable_checkpoint(checkpoint_dir, fp) if rank == 0 else None
-    if world_size > 1:  # the others look once rank 0 has kept or reset the directory
+
+def find_checkpoint(run: TrainingRun, train_path, val_path) -> None:
+    """The checkpoint to resume from, if one was made from the same inputs and settings."""
+    from .modeling import base_identity
+
+    run.identity = base_identity(run.base_name, run.revision)
+    run.data_hashes = {"train": sha256_file(train_path), "val": sha256_file(val_path) if val_path else None}
+    run.fingerprint = fingerprint(run.identity, run.data_hashes, run.settings, run.options, run.threads)
+    resume = resumable_checkpoint(run.checkpoint_dir, run.fingerprint) if run.rank == 0 else None
+    if run.world_size > 1:  # the others look once rank 0 has kept or reset the directory
         barrier()
-        resume = resume if rank == 0 else resumable_checkpoint(checkpoint_dir, fp, reset=False)
+        if run.rank != 0:
+            resume = resumable_checkpoint(run.checkpoint_dir, run.fingerprint, reset=False)
+    run.resume = resume
     if resume is not None:
         log.info("resuming from checkpoint %s (same inputs and params)", resume)
     else:
-        log.info("no checkpoint for these inputs and params in %s: training from the start", checkpoint_dir)
+        log.info("no checkpoint for these inputs and params in %s: training from the start",
+                 run.checkpoint_dir)
 
+
+def build_trainer(run: TrainingRun):
+    """(trainer, its SFTConfig arguments): the base with LoRA (on a k-bit base where configured)."""
+    import torch
+    from datasets import Dataset
+    from trl import SFTConfig
+
+    from .modeling import load_base_model
+
+    options = run.options
     flash = options["packing"] and options["device"] == "cuda" and _has_flash_attention()
     device = options["device"]
-    if world_size > 1 and device == "cuda":  # a quantized base goes to this rank's own card
+    if run.world_size > 1 and device == "cuda":  # a quantized base goes to this rank's own card
         device = f"cuda:{torch.cuda.current_device()}"
-    model = load_base_model(base_name, revision, trust, dtype=options["dtype"],
+    model = load_base_model(run.base_name, run.revision, run.trust_remote_code, dtype=options["dtype"],
                             quantization=options["quantization"],
                             device=device if options["quantization"] != "none" else None,
-                            attn_implementation="flash_attention_2" if flash else None)
+                            attn_implementation="flash_attention_2" if flash else None,
+                            config_path=run.config_path)
     if options["quantization"] != "none":
         from peft import prepare_model_for_kbit_training
 
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=options["gradient_checkpointing"])
-    peft_config = lora_config(settings)
-    args = training_arguments(settings, options, checkpoint_dir)
-    if world_size > 1:
+        model = prepare_model_for_kbit_training(model,
+                                                use_gradient_checkpointing=options["gradient_checkpointing"])
+    peft_config = lora_config(run.settings)
+    args = training_arguments(run.settings, options, run.checkpoint_dir)
+    if run.world_size > 1:
         args["ddp_backend"] = backend(options["device"])
     if args["deepspeed"]:
-        try:
-            import deepspeed  # noqa: F401
-        except ImportError as err:
-            raise SnaketuneError(CONFIG, "a DeepSpeed config is set but deepspeed is not installed",
-                                 field="train.deepspeed", fix="pip install deepspeed, or set deepspeed: null") from err
-        if not Path(args["deepspeed"]).is_file():
-            raise SnaketuneError(args["deepspeed"], "DeepSpeed config file not found", field="train.deepspeed",
-                                 fix="point train.deepspeed at a JSON file")
-
-    trainer = _trainer_class()(
-        model=model, args=SFTConfig(**args), train_dataset=Dataset.from_list(train_examples),
-        eval_dataset=Dataset.from_list(val_examples) if val_examples else None,
-        processing_class=tokenizer, peft_config=peft_config,
+        check_deepspeed(args["deepspeed"], run.config_path)
+    trainer = trainer_class()(
+        model=model, args=SFTConfig(**args), train_dataset=Dataset.from_list(run.train_examples),
+        eval_dataset=Dataset.from_list(run.val_examples) if run.val_examples else None,
+        processing_class=run.tokenizer, peft_config=peft_config, config_path=run.config_path,
     )
-    started, cpu_started = time.perf_counter(), time.process_time()
-    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
-    eval_loss = trainer.evaluate()["eval_loss"] if val_examples else None
+    return trainer, args
 
-    history = [dict(entry) for entry in trainer.state.log_history]
+
+def check_deepspeed(config_file, config_path: str) -> None:
+    """DeepSpeed is importable and its config file (``train.deepspeed`` in ``config_path``) is there."""
+    try:
+        import deepspeed  # noqa: F401
+    except ImportError as err:
+        raise SnaketuneError(config_path, "a DeepSpeed config is set but deepspeed is not installed",
+                             field="train.deepspeed",
+                             fix="pip install deepspeed, or set deepspeed: null") from err
+    if not Path(config_file).is_file():
+        raise SnaketuneError(config_file, "DeepSpeed config file not found", field="train.deepspeed",
+                             fix="point train.deepspeed at a JSON file")
+
+
+def fit(trainer, run: TrainingRun) -> tuple[float, float, float | None]:
+    """Train (from the checkpoint where there is one); (wall seconds, CPU seconds, validation loss)."""
+    started, cpu_started = time.perf_counter(), time.process_time()
+    trainer.train(resume_from_checkpoint=str(run.resume) if run.resume else None)
+    wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+    eval_loss = trainer.evaluate()["eval_loss"] if run.val_examples else None
+    return wall, cpu, eval_loss
+
+
+# What varies run to run (speed, memory, a resume) goes beside the adapter, so its bytes are reproducible.
+TIMING_KEYS = ("tokens_per_second", "wall_time_s", "cpu_time_s", "peak_memory_mb", "resumed_from_step",
+               "threads")
+
+
+def train_metrics(run: TrainingRun, trainer, args: dict, wall: float, cpu: float, eval_loss) -> dict:
+    """train_metrics.json's contents, plus the run-to-run ``TIMING_KEYS``."""
+    history = trainer.state.log_history
     losses = [(int(e["step"]), float(e["loss"])) for e in history if "loss" in e]
-    resumed_from = int(resume.name.split("-")[-1]) if resume else None
+    resumed_from = int(run.resume.name.split("-")[-1]) if run.resume else None
     examples_seen = (trainer.state.global_step - (resumed_from or 0)) * args["per_device_train_batch_size"] \
-        * args["gradient_accumulation_steps"] * world_size
-    metrics = {
-        "specialist": name,
+        * args["gradient_accumulation_steps"] * run.world_size
+    tokens_per_example = run.n_tokens / len(run.train_examples)
+    return {
+        "specialist": run.name,
         "loss": [{"step": s, "loss": v} for s, v in losses],
         "final_train_loss": losses[-1][1] if losses else None,
         "eval_loss": eval_loss,
         "global_step": trainer.state.global_step,
         "epochs": round(float(trainer.state.epoch or 0), 4),
-        "train_examples": len(train_examples),
-        "val_examples": len(val_examples),
-        "skipped_too_long": len(skipped),
-        "tokens_per_second": round(examples_seen * n_tokens / len(train_examples) / max(wall, 1e-9), 1),
+        "train_examples": len(run.train_examples),
+        "val_examples": len(run.val_examples),
+        "skipped_too_long": len(run.skipped),
+        "tokens_per_second": round(examples_seen * tokens_per_example / max(wall, 1e-9), 1),
         "wall_time_s": round(wall, 1),
         "cpu_time_s": round(cpu, 1),  # what the steps cost, whatever else the machine was running
         "resumed_from_step": resumed_from,
-        "peak_memory_mb": _peak_memory_mb(options["device"]),
-        "device": options["device"],
-        "threads": threads,
+        "peak_memory_mb": _peak_memory_mb(run.options["device"]),
+        "device": run.options["device"],
+        "threads": run.threads,
     }
-    spec_config = {
-        "name": name,
-        "system_prompt": settings["system_prompt"],
-        "focus_tools": settings["focus_tools"],
+
+
+def specialist_config(run: TrainingRun, args: dict, train_path, val_path) -> dict:
+    """specialist_config.json: what the adapter was trained from and with."""
+    train_cfg, identity = run.settings["train"], run.identity
+    return {
+        "name": run.name,
+        "system_prompt": run.settings["system_prompt"],
+        "focus_tools": run.settings["focus_tools"],
         "tools_rendered": train_cfg.get("tools_rendered", "all"),
-        "lora": settings["lora"],
+        "lora": run.settings["lora"],
         "train": train_cfg,
-        "resolved": {**options, **{k: v for k, v in args.items() if k != "output_dir"}},
-        "base_model": identity if not Path(base_name).is_dir() else
-        {**identity, "name_or_path": base_cfg.get("name_or_path", identity["name_or_path"])},
-        "data": {"train": {"path": _portable(train_path), "sha256": data_hashes["train"]},
-                 "val": {"path": _portable(val_path) if val_path else None, "sha256": data_hashes["val"]},
-                 "train_examples": len(train_examples), "val_examples": len(val_examples),
-                 "gold_tools": sorted({n for r in train_rows for n in gold_tool_names(r)})},
+        "resolved": {**run.options, **{k: v for k, v in args.items() if k != "output_dir"}},
+        "base_model": identity if not Path(run.base_name).is_dir() else
+        {**identity, "name_or_path": run.base_cfg.get("name_or_path", identity["name_or_path"])},
+        "data": {"train": {"path": _portable(train_path), "sha256": run.data_hashes["train"]},
+                 "val": {"path": _portable(val_path) if val_path else None, "sha256": run.data_hashes["val"]},
+                 "train_examples": len(run.train_examples), "val_examples": len(run.val_examples),
+                 "gold_tools": sorted({n for r in run.train_rows for n in gold_tool_names(r)})},
         "seed": int(train_cfg["seed"]),
-        "threads": threads,
-        "fingerprint": fp,
+        "threads": run.threads,
+        "fingerprint": run.fingerprint,
     }
+
+
+def save_adapter(run: TrainingRun, trainer, metrics: dict, spec_config: dict, out_dir, timing_path) -> None:
+    """Rank 0 writes the adapter directory atomically, and the timing JSON; ``metrics`` gains world_size."""
+    from .modeling import readable_tree
+
     # The adapter names the base as configured (a hub id or the relative path), not this run's absolute path.
     for cfg in trainer.model.peft_config.values():
-        cfg.base_model_name_or_path = base_cfg.get("name_or_path", base_name)
-        cfg.revision = revision
+        cfg.base_model_name_or_path = run.base_cfg.get("name_or_path", run.base_name)
+        cfg.revision = run.revision
         if isinstance(cfg.target_modules, (set, frozenset)):  # all-linear: a set, ordered per process
             cfg.target_modules = sorted(cfg.target_modules)
-    # What varies run to run (speed, memory, a resume) goes beside the adapter, so its bytes are reproducible.
-    timing_keys = ("tokens_per_second", "wall_time_s", "cpu_time_s", "peak_memory_mb", "resumed_from_step", "threads")
-    timing = {k: metrics[k] for k in timing_keys}
-    if world_size > 1:
-        metrics["world_size"] = world_size
-    saved_metrics = {k: v for k, v in metrics.items() if k not in timing_keys}
+    timing = {k: metrics[k] for k in TIMING_KEYS}
+    if run.world_size > 1:
+        metrics["world_size"] = run.world_size
+    saved_metrics = {k: v for k, v in metrics.items() if k not in TIMING_KEYS}
     state_dict = gathered_state_dict(trainer)  # ZeRO-3 only; every rank takes part
-    if rank != 0:  # rank 0 writes the adapter; the other ranks are done
-        return metrics
+    if run.rank != 0:  # rank 0 writes the adapter; the other ranks are done
+        return
+    history = [dict(entry) for entry in trainer.state.log_history]
+    losses = [(e["step"], e["loss"]) for e in metrics["loss"]]
     with atomic_path(out_dir, directory=True) as tmp:
         # The base's vocabulary is never resized here, so the base embedding is not part of the adapter.
-        trainer.model.save_pretrained(tmp, safe_serialization=True, save_embedding_layers=False, state_dict=state_dict)
-        tokenizer.save_pretrained(tmp)
+        trainer.model.save_pretrained(tmp, safe_serialization=True, save_embedding_layers=False,
+                                      state_dict=state_dict)
+        run.tokenizer.save_pretrained(tmp)
         (tmp / "README.md").unlink(missing_ok=True)  # PEFT's model card template; specialist_config says more
         (tmp / "specialist_config.json").write_text(dumps_json(spec_config), encoding="utf-8")
         (tmp / "train_metrics.json").write_text(dumps_json(saved_metrics), encoding="utf-8")
         write_tensorboard(history, tmp / "runs")
-        plot_loss_curve(losses, eval_loss, tmp / "loss_curve.png", f"{name}: LoRA training loss")
+        plot_loss_curve(losses, metrics["eval_loss"], tmp / "loss_curve.png",
+                        f"{run.name}: LoRA training loss")
         readable_tree(tmp)
     if timing_path is not None:
         write_json(timing_path, timing)
-    log.info("%s: %d steps in %.1f s, final loss %s, val loss %s; adapter in %s", name,
-             trainer.state.global_step, wall, metrics["final_train_loss"], eval_loss, out_dir)
-    del trainer, model
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    return metrics
+    log.info("%s: %d steps in %.1f s, final loss %s, val loss %s; adapter in %s", run.name,
+             trainer.state.global_step, metrics["wall_time_s"], metrics["final_train_loss"],
+             metrics["eval_loss"], out_dir)

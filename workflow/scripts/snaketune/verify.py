@@ -21,6 +21,11 @@ from packaging.version import InvalidVersion, Version
 from .errors import SnaketuneError
 from .files import atomic_path, dumps_json
 
+__all__ = [
+    "Check", "read_lock", "parse_lock", "lock_for_torch", "same_version", "lock_drift",
+    "installed_packages", "gather_facts", "run_checks", "overall", "verify_environment"
+]
+
 GB = 1024**3
 MIN_PYTHON = (3, 10)
 STATUSES = ("pass", "warn", "fail")
@@ -71,7 +76,8 @@ def lock_for_torch(locks: dict, torch_cuda: str | None) -> str | None:
     return locks.get(want) or next(iter(locks.values()), None)
 
 
-def _same_version(a: str, b: str) -> bool:
+def same_version(a: str, b: str) -> bool:
+    """Equal as versions (``1.0`` is ``1.0.0``); equal as strings where either is not a version."""
     try:
         return Version(a) == Version(b)
     except InvalidVersion:
@@ -85,7 +91,7 @@ def lock_drift(pins: dict, installed: dict) -> tuple[list, list]:
         have = installed.get(name)
         if have is None:
             missing.append(name)
-        elif not _same_version(have, version):
+        elif not same_version(have, version):
             drift.append({"package": name, "locked": version, "installed": have})
     return drift, missing
 
@@ -167,120 +173,142 @@ def gather_facts(data_paths=(), workdir=".") -> dict:
 # ---------------------------------------------------------------- checks
 
 
-def run_checks(facts: dict, lock: dict | None, settings: dict | None = None, lock_path: str = "the lock") -> list:
-    """Judge the facts: one Check per question, each pass / warn / fail with its reason and fix."""
+def run_checks(facts: dict, lock: dict | None, settings: dict | None = None,
+               lock_path: str = "the lock") -> list:
+    """Judge the facts: one Check per question (``CHECKS``), each pass / warn / fail with its reason and
+    fix."""
     settings = {**DEFAULT_SETTINGS, **(settings or {})}
-    install = f"pip install -r {lock_path}"
-    checks = []
+    return [check(facts, lock, settings, lock_path) for check in CHECKS]
 
+
+def _install(lock_path: str) -> str:
+    return f"pip install -r {lock_path}"
+
+
+def check_python(facts: dict, lock: dict | None, settings: dict, lock_path: str) -> Check:
     py = facts["python"]
     py_tuple = tuple(int(x) for x in re.findall(r"\d+", py)[:2])
     locked_py = (lock or {}).get("python")
     if py_tuple < MIN_PYTHON:
-        checks.append(Check("python", "fail", f"Python {py}; snaketune needs {'.'.join(map(str, MIN_PYTHON))}+",
-                            "create the virtual environment with python3.11 (the lock's version)"))
-    elif locked_py and ".".join(py.split(".")[:2]) != ".".join(locked_py.split(".")[:2]):
-        checks.append(Check("python", "warn", f"Python {py}; the lock was resolved for {locked_py}",
-                            f"use Python {'.'.join(locked_py.split('.')[:2])} so the locked wheels apply"))
-    else:
-        checks.append(Check("python", "pass", f"Python {py}"))
+        return Check("python", "fail", f"Python {py}; snaketune needs {'.'.join(map(str, MIN_PYTHON))}+",
+                     "create the virtual environment with python3.11 (the lock's version)")
+    if locked_py and ".".join(py.split(".")[:2]) != ".".join(locked_py.split(".")[:2]):
+        return Check("python", "warn", f"Python {py}; the lock was resolved for {locked_py}",
+                     f"use Python {'.'.join(locked_py.split('.')[:2])} so the locked wheels apply")
+    return Check("python", "pass", f"Python {py}")
 
+
+def check_torch(facts: dict, lock: dict | None, settings: dict, lock_path: str) -> Check:
     torch = facts["torch"]
     if not torch.get("installed"):
-        checks.append(Check("torch", "fail", f"torch is not importable ({torch.get('error', 'not installed')})",
-                            f"pip install torch==2.13.0 && {install}"))
-    else:
-        build = f"CUDA {torch['cuda_build']}" if torch.get("cuda_build") else "CPU-only build"
-        checks.append(Check("torch", "pass", f"torch {torch['version']} ({build})"))
+        return Check("torch", "fail", f"torch is not importable ({torch.get('error', 'not installed')})",
+                     f"pip install torch==2.13.0 && {_install(lock_path)}")
+    build = f"CUDA {torch['cuda_build']}" if torch.get("cuda_build") else "CPU-only build"
+    return Check("torch", "pass", f"torch {torch['version']} ({build})")
 
-    gpus = torch.get("gpus") or []
+
+def check_device(facts: dict, lock: dict | None, settings: dict, lock_path: str) -> Check:
+    torch = facts["torch"]
     if torch.get("cuda"):
-        checks.append(Check("device", "pass", f"CUDA with {len(gpus)} GPU(s)"))
-    elif settings["require_gpu"]:
-        why = "torch is a CPU-only build" if torch.get("installed") and not torch.get("cuda_build") else "no CUDA GPU is visible"
-        checks.append(Check("device", "fail", f"verify.require_gpu is set but {why}",
-                            "run on a GPU node (--profile profiles/slurm) with a CUDA torch "
-                            "(envs/lock/requirements.cuda.txt), or set verify.require_gpu: false"))
-    elif torch.get("mps"):
-        checks.append(Check("device", "pass", "Apple MPS"))
-    elif torch.get("installed"):
-        checks.append(Check("device", "warn", "no GPU: every step runs on the CPU (fine for the tiny demo, "
-                                              "slow for real base models)",
-                            "use a CUDA machine for real models (the slurm profile asks for one)"))
-    else:
-        checks.append(Check("device", "fail", "unknown: torch is missing", f"{install}"))
+        return Check("device", "pass", f"CUDA with {len(torch.get('gpus') or [])} GPU(s)")
+    if settings["require_gpu"]:
+        why = ("torch is a CPU-only build" if torch.get("installed") and not torch.get("cuda_build")
+               else "no CUDA GPU is visible")
+        return Check("device", "fail", f"verify.require_gpu is set but {why}",
+                     "run on a GPU node (--profile profiles/slurm) with a CUDA torch "
+                     "(envs/lock/requirements.cuda.txt), or set verify.require_gpu: false")
+    if torch.get("mps"):
+        return Check("device", "pass", "Apple MPS")
+    if torch.get("installed"):
+        return Check("device", "warn", "no GPU: every step runs on the CPU (fine for the tiny demo, "
+                                       "slow for real base models)",
+                     "use a CUDA machine for real models (the slurm profile asks for one)")
+    return Check("device", "fail", "unknown: torch is missing", _install(lock_path))
 
-    if gpus:
-        small = [g for g in gpus if g["memory_gb"] < 8]
-        listing = ", ".join(f"{g['name']} {g['memory_gb']:.1f} GB" for g in gpus)
-        checks.append(Check("gpus", "warn" if small else "pass", listing,
-                            "a 1.5B model needs about 8 GB: set train.quantization: 4bit or a smaller base" if small else ""))
-    else:
-        checks.append(Check("gpus", "pass", "none (CPU)" if not torch.get("mps") else "Apple GPU (MPS)"))
 
-    bf16 = torch.get("bf16")
+def check_gpus(facts: dict, lock: dict | None, settings: dict, lock_path: str) -> Check:
+    torch = facts["torch"]
+    gpus = torch.get("gpus") or []
+    if not gpus:
+        return Check("gpus", "pass", "none (CPU)" if not torch.get("mps") else "Apple GPU (MPS)")
+    small = [g for g in gpus if g["memory_gb"] < 8]
+    listing = ", ".join(f"{g['name']} {g['memory_gb']:.1f} GB" for g in gpus)
+    if not small:
+        return Check("gpus", "pass", listing)
+    return Check("gpus", "warn", listing,
+                 "a 1.5B model needs about 8 GB: set train.quantization: 4bit or a smaller base")
+
+
+def check_bf16(facts: dict, lock: dict | None, settings: dict, lock_path: str) -> Check:
+    torch = facts["torch"]
     if not torch.get("installed"):
-        checks.append(Check("bf16", "fail", "unknown: torch is missing", install))
-    elif bf16:
-        checks.append(Check("bf16", "pass", "bf16 supported" + (" on the GPU" if torch.get("cuda") else " on the CPU")))
-    else:
-        checks.append(Check("bf16", "warn", "no bf16 here: training falls back to fp16/fp32 (more memory)",
-                            "use an Ampere or newer GPU for bf16"))
+        return Check("bf16", "fail", "unknown: torch is missing", _install(lock_path))
+    if torch.get("bf16"):
+        return Check("bf16", "pass", "bf16 supported on the " + ("GPU" if torch.get("cuda") else "CPU"))
+    return Check("bf16", "warn", "no bf16 here: training falls back to fp16/fp32 (more memory)",
+                 "use an Ampere or newer GPU for bf16")
 
+
+def check_lock(facts: dict, lock: dict | None, settings: dict, lock_path: str) -> Check:
     if lock is None:
-        checks.append(Check("lock", "warn", "no lock to compare installed versions with",
-                            "commit envs/lock/requirements.{cpu,cuda}.txt (python -m snaketune.envlock write)"))
-    else:
-        drift, missing = lock_drift(lock["pins"], facts["installed"])
-        if drift or missing:
-            total = len(lock["pins"])
-            detail = f"{len(drift)} of {total} drift from {lock_path}"
-            if drift:
-                detail += ": " + ", ".join(f"{d['package']} {d['installed']} (lock {d['locked']})" for d in drift)
-            if missing:
-                detail += f"; {len(missing)} of {total} not installed: " + ", ".join(missing)
-            checks.append(Check("lock", "warn", detail, install))
-        else:
-            checks.append(Check("lock", "pass", f"all {len(lock['pins'])} packages match {lock_path}"))
+        return Check("lock", "warn", "no lock to compare installed versions with",
+                     "commit envs/lock/requirements.{cpu,cuda}.txt (python -m snaketune.envlock write)")
+    drift, missing = lock_drift(lock["pins"], facts["installed"])
+    if not drift and not missing:
+        return Check("lock", "pass", f"all {len(lock['pins'])} packages match {lock_path}")
+    total = len(lock["pins"])
+    detail = f"{len(drift)} of {total} drift from {lock_path}"
+    if drift:
+        detail += ": " + ", ".join(f"{d['package']} {d['installed']} (lock {d['locked']})" for d in drift)
+    if missing:
+        detail += f"; {len(missing)} of {total} not installed: " + ", ".join(missing)
+    return Check("lock", "warn", detail, _install(lock_path))
 
+
+def check_disk(facts: dict, lock: dict | None, settings: dict, lock_path: str) -> Check:
     free = facts["disk_free_gb"]
     need = float(settings["min_free_disk_gb"])
     where = facts.get("disk_path", ".")
     if free < need:
-        checks.append(Check("disk", "fail", f"{free:.1f} GB free under {where}, need {need:g} GB",
-                            "free disk space, or lower verify.min_free_disk_gb in the config"))
-    elif free < 2 * need:
-        checks.append(Check("disk", "warn", f"{free:.1f} GB free under {where} (need {need:g} GB, little headroom)",
-                            "free disk space before training real models"))
-    else:
-        checks.append(Check("disk", "pass", f"{free:.1f} GB free under {where}"))
+        return Check("disk", "fail", f"{free:.1f} GB free under {where}, need {need:g} GB",
+                     "free disk space, or lower verify.min_free_disk_gb in the config")
+    if free < 2 * need:
+        return Check("disk", "warn", f"{free:.1f} GB free under {where} (need {need:g} GB, little headroom)",
+                     "free disk space before training real models")
+    return Check("disk", "pass", f"{free:.1f} GB free under {where}")
 
+
+def check_ram(facts: dict, lock: dict | None, settings: dict, lock_path: str) -> Check:
     mem = facts["memory"]
-    need_ram = float(settings["min_ram_gb"])
-    if mem["total_gb"] < need_ram:
-        checks.append(Check("ram", "fail", f"{mem['total_gb']:.1f} GB RAM, need {need_ram:g} GB",
-                            "run on a larger machine, or lower verify.min_ram_gb in the config"))
-    elif mem["available_gb"] < need_ram:
-        checks.append(Check("ram", "warn", f"{mem['available_gb']:.1f} of {mem['total_gb']:.1f} GB RAM available, "
-                                           f"need {need_ram:g} GB", "stop other memory-hungry processes"))
-    else:
-        checks.append(Check("ram", "pass", f"{mem['available_gb']:.1f} of {mem['total_gb']:.1f} GB RAM available"))
+    need = float(settings["min_ram_gb"])
+    if mem["total_gb"] < need:
+        return Check("ram", "fail", f"{mem['total_gb']:.1f} GB RAM, need {need:g} GB",
+                     "run on a larger machine, or lower verify.min_ram_gb in the config")
+    if mem["available_gb"] < need:
+        return Check("ram", "warn", f"{mem['available_gb']:.1f} of {mem['total_gb']:.1f} GB RAM available, "
+                                    f"need {need:g} GB", "stop other memory-hungry processes")
+    return Check("ram", "pass", f"{mem['available_gb']:.1f} of {mem['total_gb']:.1f} GB RAM available")
 
+
+def check_data(facts: dict, lock: dict | None, settings: dict, lock_path: str) -> Check:
     data = facts["data"]
     absent = [p for p, size in data.items() if size is None]
     empty = [p for p, size in data.items() if size == 0]
     if absent:
-        checks.append(Check("data", "fail", f"configured data missing: {', '.join(absent)}",
-                            "fix data.sources[].path in the config (paths are relative to the working directory)",
-                            path=absent[0]))
-    elif empty:
-        checks.append(Check("data", "warn", f"configured data empty: {', '.join(empty)}",
-                            "fill the file or remove it from data.sources"))
-    elif data:
-        checks.append(Check("data", "pass", f"{len(data)} configured source(s) present"))
-    else:
-        checks.append(Check("data", "pass", "no user data configured (the demo dataset is generated)"))
-    return checks
+        return Check("data", "fail", f"configured data missing: {', '.join(absent)}",
+                     "fix data.sources[].path in the config (paths are relative to the working directory)",
+                     path=absent[0])
+    if empty:
+        return Check("data", "warn", f"configured data empty: {', '.join(empty)}",
+                     "fill the file or remove it from data.sources")
+    if data:
+        return Check("data", "pass", f"{len(data)} configured source(s) present")
+    return Check("data", "pass", "no user data configured (the demo dataset is generated)")
+
+
+# The checks in the order the table and the report list them.
+CHECKS = (check_python, check_torch, check_device, check_gpus, check_bf16, check_lock, check_disk, check_ram,
+          check_data)
 
 
 def overall(checks) -> str:
@@ -290,11 +318,13 @@ def overall(checks) -> str:
 
 def format_table(checks) -> str:
     """A fixed-width table for the log: check, status, detail, fix."""
-    rows = [("check", "status", "detail", "fix")] + [(c.name, c.status.upper(), c.detail, c.fix) for c in checks]
+    rows = [("check", "status", "detail", "fix")]
+    rows += [(c.name, c.status.upper(), c.detail, c.fix) for c in checks]
     widths = [max(len(r[i]) for r in rows) for i in range(2)]
     lines = []
     for i, (name, status, detail, fix) in enumerate(rows):
-        lines.append(f"{name:<{widths[0]}}  {status:<{widths[1]}}  {detail}" + (f"  -> {fix}" if fix and i else ""))
+        arrow = f"  -> {fix}" if fix and i else ""
+        lines.append(f"{name:<{widths[0]}}  {status:<{widths[1]}}  {detail}{arrow}")
         if i == 0:
             lines.append("-" * (widths[0] + widths[1] + 4 + 40))
     return "\n".join(lines)
@@ -319,7 +349,8 @@ def fail_error(checks) -> SnaketuneError:
     first = fails[0]
     problem = "; ".join(f"{c.name}: {c.detail}" for c in fails)
     fix = "; ".join(f"{c.name}: {c.fix}" for c in fails if c.fix)
-    return SnaketuneError(first.path or "environment", f"{len(fails)} check(s) failed: {problem}", field="verify", fix=fix)
+    return SnaketuneError(first.path or "environment", f"{len(fails)} check(s) failed: {problem}",
+                          field="verify", fix=fix)
 
 
 def verify_environment(locks: dict, data_paths, out_json, settings=None, *, facts=None) -> dict:

@@ -1,10 +1,10 @@
-"""Multi-process training: the train step as n torchrun processes, one per GPU the job holds.
+"""The train step's launcher: ``train_adapter`` in this process, or as n torchrun processes, one per GPU.
 
 ``launch_training`` is what rule train calls. One process (the usual case) runs ``train_adapter`` in
-the rule's own process, exactly as before. With ``resources.gpus: n > 1`` (or ``train.processes: n``,
+the rule's own process. With ``resources.gpus: n > 1`` (or ``train.processes: n``,
 which also forces n CPU processes for testing), or with a DeepSpeed config, it runs
 
-    python -m torch.distributed.run --standalone --nproc-per-node n -m snaketune.distributed ARGS.json
+    python -m torch.distributed.run --standalone --nproc-per-node n -m snaketune.launch ARGS.json
 
 Each child (``main`` below) joins the process group (nccl on CUDA, gloo on CPU) and calls
 ``train_adapter`` with the same arguments; rank 0 alone resets the checkpoint directory and writes the
@@ -25,10 +25,18 @@ import tempfile
 from pathlib import Path
 
 from .errors import SnaketuneError, config_error
+from .ranks import backend, barrier
+from .training import resolve_device, train_adapter
 
-log = logging.getLogger("snaketune.distributed")
+__all__ = [
+    "PACKAGE_PARENT", "process_count", "needs_launcher", "torchrun_command", "child_env",
+    "per_process_threads", "launch_training", "main"
+]
 
-PACKAGE_PARENT = Path(__file__).resolve().parents[1]  # workflow/scripts: the children import snaketune from here
+log = logging.getLogger("snaketune.launch")
+
+# workflow/scripts: the children import snaketune from here
+PACKAGE_PARENT = Path(__file__).resolve().parents[1]
 ERROR_FILE = "error.rank{rank}.json"
 MODULES_FILE = "modules.rank0.json"
 LOG_FORMAT = "%(asctime)s %(levelname)s [rank {rank}] %(name)s: %(message)s"
@@ -36,7 +44,7 @@ LOG_FORMAT = "%(asctime)s %(levelname)s [rank {rank}] %(name)s: %(message)s"
 
 # --- how many processes ---------------------------------------------------------------------------
 
-def process_count(settings: dict, devices, cuda: bool = True) -> int:
+def process_count(settings: dict, devices, cuda: bool = True, *, config_path: str) -> int:
     """Processes for the train step: ``train.processes``, or (auto) one per GPU the job holds.
 
     ``devices``: the GPU ids the job holds (``rule_step`` yields them); ``cuda``: whether torch can use
@@ -49,16 +57,13 @@ def process_count(settings: dict, devices, cuda: bool = True) -> int:
         return max(1, len(devices))
     n = int(wanted)
     if n < 1:
-        raise config_error("train.processes", f"is {n}", fix="use auto or a whole number >= 1")
+        raise config_error("train.processes", f"is {n}", fix="use auto or a whole number >= 1",
+                           config_path=config_path)
     if devices and n > len(devices):
         raise config_error("train.processes", f"is {n} but the job holds {len(devices)} GPU(s) "
                            f"({','.join(map(str, devices))}); two processes cannot share a card",
-                           fix=f"set processes to auto, or resources.gpus to {n}")
+                           fix=f"set processes to auto, or resources.gpus to {n}", config_path=config_path)
     return n
-
-
-def backend(device: str) -> str:
-    return "nccl" if device == "cuda" else "gloo"
 
 
 def needs_launcher(n: int, settings: dict) -> bool:
@@ -71,7 +76,7 @@ def needs_launcher(n: int, settings: dict) -> bool:
 def torchrun_command(n: int, args_path, python: str = sys.executable) -> list[str]:
     """The torchrun command line for n local processes running this module on ``args_path``."""
     return [python, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(int(n)),
-            "--max-restarts", "0", "-m", "snaketune.distributed", str(args_path)]
+            "--max-restarts", "0", "-m", "snaketune.launch", str(args_path)]
 
 
 def child_env(n: int, threads: int, environ=None) -> dict:
@@ -115,7 +120,7 @@ def mirror_imports(names) -> None:
     import importlib
 
     for name in names:
-        if name not in sys.modules and name != "snaketune.distributed":
+        if name not in sys.modules and name != "snaketune.launch":
             with contextlib.suppress(Exception):
                 importlib.import_module(name)
 
@@ -169,10 +174,9 @@ def _cuda_usable() -> bool:
 
 
 def launch_training(devices=(), **kwargs) -> dict:
-    """Rule train's step: ``train_adapter(**kwargs)`` here, or as n torchrun processes (see the module doc)."""
-    from .training import train_adapter
-
-    n = process_count(kwargs["settings"], devices, cuda=bool(devices) and _cuda_usable())
+    """Rule train's step: ``train_adapter(**kwargs)`` here, or as n torchrun processes (module doc)."""
+    n = process_count(kwargs["settings"], devices, cuda=bool(devices) and _cuda_usable(),
+                      config_path=kwargs["config_path"])
     if not needs_launcher(n, kwargs["settings"]):
         return train_adapter(**kwargs)
     return run_torchrun(n, kwargs)
@@ -180,43 +184,10 @@ def launch_training(devices=(), **kwargs) -> dict:
 
 # --- the children ---------------------------------------------------------------------------------
 
-def rank_and_world() -> tuple[int, int]:
-    """(rank, world size) of this process; (0, 1) outside a process group."""
-    torch = sys.modules.get("torch")
-    dist = getattr(torch, "distributed", None) if torch is not None else None
-    if dist is not None and dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def barrier() -> None:
-    """Wait for every rank (nothing to wait for outside a process group)."""
-    if rank_and_world()[1] > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
-
-
-def gathered_state_dict(trainer):
-    """Under DeepSpeed ZeRO-3 the weights are partitioned across ranks: gather them for rank 0 to save.
-
-    A collective call (every rank makes it); None whenever each rank already holds whole weights.
-    """
-    engine = getattr(trainer, "deepspeed", None) if getattr(trainer, "is_deepspeed_enabled", False) else None
-    if engine is None or engine.config.get("zero_optimization", {}).get("stage") != 3:
-        return None
-    try:  # the adapter only, as Trainer.save_model does for a PEFT model under ZeRO-3
-        return engine._zero3_consolidated_16bit_state_dict(exclude_frozen_parameters=True)
-    except TypeError:  # an older DeepSpeed: the whole model
-        return trainer.accelerator.get_state_dict(engine)
-
-
 def _init_process_group(kwargs: dict) -> tuple[int, int, str]:
     """Join torchrun's group on the device train_adapter will pick (CPU processes on a GPU box use gloo)."""
     import torch
     import torch.distributed as dist
-
-    from .training import resolve_device
 
     gpus = kwargs.get("gpus")
     device = resolve_device(kwargs["settings"].get("resources", {}).get("gpus", 0) if gpus is None else gpus)
@@ -232,15 +203,14 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     spec = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
     rank = int(os.environ.get("RANK", 0))
-    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT.format(rank=rank), stream=sys.stderr, force=True)
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT.format(rank=rank), stream=sys.stderr,
+                        force=True)
     try:
         rank, world, name = _init_process_group(spec["kwargs"])
         log.info("distributed: world size %d, rank %d, backend %s, %d thread(s) per process",
                  world, rank, name, spec["kwargs"].get("threads", 1))
         if rank != 0:
             logging.getLogger().setLevel(logging.WARNING)  # rank 0 tells the story; others only warn
-        from .training import train_adapter
-
         train_adapter(**spec["kwargs"])
         barrier()
         if rank == 0:
