@@ -16,8 +16,8 @@ localrules:
 rule audit:
     params:
         expected=audit_expected_params,
-        targets=ALL_TARGETS,
-        strict=config["audit_strict"] in (True, "true"),
+        targets=final_targets(),
+        strict=audit_strict(),
         report="results/audit.json",
         lock_report="results/env/lock_report.json",  # its index drift becomes notes
     log:
@@ -63,7 +63,3 @@ rule parity_table:
     script:
         "../scripts/write_report_tables.py"
 
-
-ALL_TARGETS.extend(["results/report/split_stats.csv", "results/report/verify.csv", "results/report/eval_summary.csv"])
-if EXPORT["enabled"] and EXPORT["parity"]:
-    ALL_TARGETS.append("results/report/parity.csv")

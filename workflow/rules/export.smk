@@ -9,10 +9,10 @@ rule merge:
         directory("results/merged/{specialist}"),
     params:
         base_model=config["base_model"],
-    threads: export_threads
+    threads: specialist_threads
     resources:
-        gpu=merge_gpus,
-        mem_mb=export_mem_mb,
+        gpu=specialist_gpus,
+        mem_mb=specialist_mem_mb,
     log:
         "logs/export/merge/{specialist}.log",
     benchmark:
@@ -29,14 +29,14 @@ rule gguf:
     output:
         "results/gguf/{specialist}.{quant}.gguf",
     params:
-        source=lambda wildcards, input: input.model,
+        source=gguf_source,
         revision=None,
         name="{specialist}",
         untie=False,
         template="model",
     threads: 1
     resources:
-        mem_mb=export_mem_mb,
+        mem_mb=specialist_mem_mb,
     log:
         "logs/export/gguf/{specialist}.{quant}.log",
     benchmark:
@@ -83,7 +83,7 @@ rule lora_gguf:
         base_model=config["base_model"],
     threads: 1
     resources:
-        mem_mb=export_mem_mb,
+        mem_mb=specialist_mem_mb,
     log:
         "logs/export/lora_gguf/{specialist}.log",
     benchmark:
@@ -100,13 +100,13 @@ rule gguf_parity:
     output:
         "results/gguf/{specialist}.parity.json",
     params:
-        settings=export_settings,
+        settings=specialist_spec,
         quants=EXPORT_QUANTS,
         base_quant=LORA_BASE_QUANT,
         prompts=EXPORT["parity_prompts"],
-    threads: export_threads
+    threads: specialist_threads
     resources:
-        mem_mb=export_mem_mb,
+        mem_mb=specialist_mem_mb,
     log:
         "logs/export/gguf_parity/{specialist}.log",
     benchmark:
@@ -124,7 +124,7 @@ rule modelfile:
     output:
         "results/gguf/{specialist}.Modelfile",
     params:
-        system_prompt=export_system_prompt,
+        system_prompt=specialist_system_prompt,
         name="{specialist}",
     log:
         "logs/export/modelfile/{specialist}.log",
@@ -133,12 +133,3 @@ rule modelfile:
     script:
         "../scripts/write_modelfile.py"
 
-
-if EXPORT["enabled"]:
-    ALL_TARGETS.extend(expand("results/gguf/{specialist}.{quant}.gguf", specialist=SPECIALISTS, quant=EXPORT_QUANTS))
-    ALL_TARGETS.extend(expand("results/gguf/{specialist}.Modelfile", specialist=SPECIALISTS))
-    if EXPORT["lora_gguf"]:
-        ALL_TARGETS.extend(expand("results/gguf/{specialist}.lora.gguf", specialist=SPECIALISTS))
-        ALL_TARGETS.append(BASE_GGUF)
-    if EXPORT["parity"]:
-        ALL_TARGETS.extend(expand("results/gguf/{specialist}.parity.json", specialist=SPECIALISTS))

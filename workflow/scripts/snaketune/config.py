@@ -125,6 +125,17 @@ def specialist_settings(config: dict, name: str) -> dict:
     return merged
 
 
+def eval_settings(config: dict, name: str) -> dict:
+    """What eval uses of a specialist's settings: its name, system prompt and focus tools, and how prompts
+    show the tools (as training did, ``chat_template.prompt_tools_rendered``). Nothing else, so that editing
+    the specialist's other training settings does not rerun its base eval."""
+    from .chat_template import prompt_tools_rendered
+
+    settings = specialist_settings(config, name)
+    return {**{key: settings[key] for key in ("name", "system_prompt", "focus_tools")},
+            "train": {"tools_rendered": prompt_tools_rendered(settings)}}
+
+
 def check_inputs(config: dict, config_path: str = "config/config.yaml") -> None:
     """What must exist before anything runs: data sources, a local base model, a GGUF-able architecture."""
     for i, source in enumerate(config["data"]["sources"]):
