@@ -18,7 +18,8 @@ def config(export=None, specialists=("veran-tools", "mesen-runner")) -> dict:
     (["q8_0"], "q8_0", "q8_0"),
     (["f32"], "f32", "f32"),
 ])
-def test_lora_base_is_the_most_precise_type_and_ollama_runs_q8_0_else_the_most_compact(quants, lora_base, modelfile):
+def test_lora_base_is_the_most_precise_type_and_ollama_runs_q8_0_else_the_most_compact(
+        quants, lora_base, modelfile):
     assert lora_base_quant(quants) == lora_base
     assert modelfile_quant(quants) == modelfile
     assert base_gguf_path(quants) == f"results/gguf/base/base.{lora_base}.gguf"
