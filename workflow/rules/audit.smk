@@ -34,12 +34,24 @@ rule report_tables:
         verify="results/env/verify.json",
         eval_summary="results/eval/summary.json",
     output:
-        split_stats=report("results/report/split_stats.csv", caption="../report/split_stats.rst", category="Data",
-                           labels={"table": "split statistics"}),
-        verify=report("results/report/verify.csv", caption="../report/verify.rst", category="Environment",
-                      labels={"table": "environment checks"}),
-        eval_summary=report("results/report/eval_summary.csv", caption="../report/eval_summary.rst",
-                            category="Evaluation", labels={"table": "base vs tuned"}),
+        split_stats=report(
+            "results/report/split_stats.csv",
+            caption="../report/split_stats.rst",
+            category="Data",
+            labels={"table": "split statistics"},
+        ),
+        verify=report(
+            "results/report/verify.csv",
+            caption="../report/verify.rst",
+            category="Environment",
+            labels={"table": "environment checks"},
+        ),
+        eval_summary=report(
+            "results/report/eval_summary.csv",
+            caption="../report/eval_summary.rst",
+            category="Evaluation",
+            labels={"table": "base vs tuned"},
+        ),
     log:
         "logs/report/report_tables.log",
     conda:
@@ -52,8 +64,12 @@ rule parity_table:
     input:
         parity=expand("results/gguf/{specialist}.parity.json", specialist=SPECIALISTS),
     output:
-        parity=report("results/report/parity.csv", caption="../report/parity.rst", category="Export",
-                      labels={"table": "GGUF parity"}),
+        parity=report(
+            "results/report/parity.csv",
+            caption="../report/parity.rst",
+            category="Export",
+            labels={"table": "GGUF parity"},
+        ),
     params:
         specialists=SPECIALISTS,
     log:
@@ -62,4 +78,3 @@ rule parity_table:
         "../../envs/report.yaml"
     script:
         "../scripts/write_report_tables.py"
-

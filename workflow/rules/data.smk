@@ -39,4 +39,3 @@ rule prepare_data:
         "../../envs/data.yaml"
     script:
         "../scripts/prepare_data.py"
-

@@ -1,6 +1,7 @@
 # Environment stage: the merged requirements lock (rule lock) and the machine check (rule verify).
 # Logic lives in snaketune.envlock and snaketune.verify.
 
+
 # Resolving needs PyPI, which compute nodes may not reach: run it where snakemake runs.
 localrules:
     lock,
@@ -40,4 +41,3 @@ rule verify:
         "../../envs/verify.yaml"
     script:
         "../scripts/verify_environment.py"
-

@@ -58,4 +58,3 @@ rule eval_summary:
         "../../envs/eval.yaml"
     script:
         "../scripts/summarise_eval.py"
-

@@ -1,6 +1,7 @@
 # Export stage: merged checkpoint, GGUF files (model and LoRA), parity in llama.cpp, Ollama Modelfile.
 # Logic lives in snaketune.merge, snaketune.gguf_export, snaketune.parity and snaketune.modelfile.
 
+
 rule merge:
     input:
         adapter="results/adapters/{specialist}",
@@ -132,4 +133,3 @@ rule modelfile:
         "../../envs/export.yaml"
     script:
         "../scripts/write_modelfile.py"
-

@@ -54,4 +54,3 @@ rule train:
         "../../envs/train.yaml"
     script:
         "../scripts/train_adapter.py"
-
