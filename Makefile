@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 CORES ?= all
 PYTEST_ARGS ?=
 
-.PHONY: install demo test clean
+.PHONY: install demo lint test clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +24,15 @@ install: $(VENV)/.installed
 demo: install
 	$(BIN)/snakemake --cores $(CORES) --resources gpu=1
 
-test: install
+# Lint: the workflow (snakemake --lint, on the default and the tiny config), its formatting (snakefmt) and the
+# Python outside the rules (ruff; settings in pyproject.toml).
+lint: install
+	$(BIN)/python -m snakemake --lint
+	$(BIN)/python -m snakemake --lint --configfile .test/config/config.yaml
+	$(BIN)/snakefmt --check Snakefile workflow/rules/*.smk
+	$(BIN)/ruff check .
+
+test: lint
 	bash tests/setup_system.sh
 	$(BIN)/python -m pytest -q -rs $(PYTEST_ARGS); rc=$$?; [ $$rc -eq 5 ] && { echo "no tests ran"; exit 1; }; exit $$rc
 

@@ -19,5 +19,5 @@ include: "workflow/rules/audit.smk"
 
 rule all:
     input:
-        ALL_TARGETS,
+        final_targets(),
     default_target: True

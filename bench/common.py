@@ -66,7 +66,8 @@ def deep_update(base: dict, override: dict) -> dict:
 def settings_for(config: dict, name: str, overrides: dict | None = None) -> dict:
     """The specialist's merged settings (as the train rule gets them), with benchmark overrides on top."""
     if name not in config["specialists"]:
-        raise SystemExit(f"no specialist {name!r} in the config (have: {', '.join(sorted(config['specialists']))})")
+        have = ", ".join(sorted(config["specialists"]))
+        raise SystemExit(f"no specialist {name!r} in the config (have: {have})")
     return deep_update(specialist_settings(config, name), overrides or {})
 
 
@@ -154,10 +155,12 @@ def time_child(cmd, *, env=None, cwd=None) -> dict:
     """Run ``cmd`` as its own process: wall seconds, peak RSS (MiB, wait4's ru_maxrss) and exit status."""
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "usage.json"
-        proc = subprocess.run([sys.executable, "-c", _LAUNCHER, json.dumps([str(c) for c in cmd]), str(report)],
+        proc = subprocess.run([sys.executable, "-c", _LAUNCHER,
+                               json.dumps([str(c) for c in cmd]), str(report)],
                               env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         if not report.is_file():
-            raise RuntimeError(f"launcher failed ({proc.returncode}): {proc.stdout.decode(errors='replace')[-2000:]}")
+            output = proc.stdout.decode(errors="replace")[-2000:]
+            raise RuntimeError(f"launcher failed ({proc.returncode}): {output}")
         usage = json.loads(report.read_text())
     return {"seconds": round(usage["seconds"], 2), "peak_rss_mib": round(usage["maxrss_kib"] / 1024, 1),
             "user_s": round(usage["user_s"], 2), "sys_s": round(usage["sys_s"], 2),
@@ -175,7 +178,8 @@ def machine() -> dict:
     except OSError:
         pass
     info = {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            "date": datetime.date.today().isoformat(), "load_avg_at_start": [round(x, 2) for x in os.getloadavg()]}
+            "date": datetime.date.today().isoformat(),
+            "load_avg_at_start": [round(x, 2) for x in os.getloadavg()]}
     try:
         import torch
 
@@ -194,7 +198,8 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR,
                         help=f"scratch directory (default {DEFAULT_WORKDIR})")
     parser.add_argument("--out", type=Path, default=None,
-                        help="result JSON (default: bench/<name>.json; with --quick: <workdir>/<name>.quick.json)")
+                        help="result JSON (default: bench/<name>.json; "
+                             "with --quick: <workdir>/<name>.quick.json)")
     return parser
 
 

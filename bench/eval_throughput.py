@@ -57,7 +57,9 @@ def hf_batched(model, tokenizer, prompts, batch_size: int, max_new: int):
     outputs, generated = [None] * len(prompts), 0
     for start in range(0, len(order), batch_size):
         batch = order[start:start + batch_size]
-        for i, new in zip(batch, generation.generate_left_padded(model, [prompts[i] for i in batch], stops, pad, max_new)):
+        for i, new in zip(
+            batch, generation.generate_left_padded(model, [prompts[i] for i in batch], stops, pad, max_new)
+        ):
             cut = next((k for k, tok in enumerate(new) if tok in stops), len(new))
             outputs[i] = new[:cut]
             generated += min(cut + 1, len(new))
@@ -91,11 +93,13 @@ def decoder_stats(sink: dict, draft_tokens: int | None = None):
             sink.update(decoders[-1].stats)
 
 
-def ours(model, tokenizer, prompts, batch_size: int, max_new: int, stats: dict, draft_tokens: int | None = None):
+def ours(model, tokenizer, prompts, batch_size: int, max_new: int, stats: dict,
+         draft_tokens: int | None = None):
     from snaketune.generation import generate
 
     with decoder_stats(stats, draft_tokens):
-        return generate(model, tokenizer, prompts, batch_size=batch_size, max_new_tokens=max_new, progress=False)
+        return generate(model, tokenizer, prompts, batch_size=batch_size,
+                        max_new_tokens=max_new, progress=False)
 
 
 def prefill_seconds(model, prompts) -> float:
@@ -120,8 +124,9 @@ def measure(model, tokenizer, prompts, sides: dict, repeats: int) -> dict:
         for name, run in sides.items():
             wall, cpu = time.perf_counter(), time.process_time()
             outputs, generated = run(prompts, None)
-            runs[name].append({"seconds": time.perf_counter() - wall, "cpu_seconds": time.process_time() - cpu,
-                               "outputs": outputs, "generated_tokens": generated})
+            runs[name].append({"seconds": time.perf_counter() - wall,
+                               "cpu_seconds": time.process_time() - cpu, "outputs": outputs,
+                               "generated_tokens": generated})
             stats[name] = dict(getattr(run, "stats", {}))
         prefill.append(prefill_seconds(model, prompts))
     base_outputs = runs["baseline"][0]["outputs"]
@@ -133,8 +138,10 @@ def measure(model, tokenizer, prompts, sides: dict, repeats: int) -> dict:
         same = sum(a == b for a, b in zip(reps[0]["outputs"], base_outputs))
         deterministic = all(r["outputs"] == reps[0]["outputs"] for r in reps)
         results[name] = {"seconds": round(seconds, 4), "all_seconds": [round(r["seconds"], 4) for r in reps],
-                         "cpu_seconds": round(cpu, 4), "generated_tokens": n, "tokens_per_s": round(n / seconds, 1),
-                         "outputs_equal_to_baseline": f"{same}/{len(prompts)}", "deterministic": deterministic,
+                         "cpu_seconds": round(cpu, 4), "generated_tokens": n,
+                         "tokens_per_s": round(n / seconds, 1),
+                         "outputs_equal_to_baseline": f"{same}/{len(prompts)}",
+                         "deterministic": deterministic,
                          **({"decoder": stats[name]} if stats.get(name) else {})}
     base = results["baseline"]
     for r in results.values():
@@ -152,7 +159,8 @@ def main(argv=None) -> int:
     parser.add_argument("--specialist", default="veran-tools")
     parser.add_argument("--adapter", type=Path, default=None,
                         help="adapter directory (default: train_speed.py's, when it exists)")
-    parser.add_argument("--repeats", type=int, default=7, help="timed repeats of each side (the median is reported)")
+    parser.add_argument("--repeats", type=int, default=7,
+                        help="timed repeats of each side (the median is reported)")
     parser.add_argument("--sweep", default="1,4,8,32", help="other batch sizes to time ours at ('' for none)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the eval rule's threads: 1)")
     args = parser.parse_args(argv)
@@ -178,15 +186,17 @@ def main(argv=None) -> int:
     models = ([("tuned", adapter)] if adapter else []) + [("base", None)]
     measured, prompts = {}, []
     for label, adapter_dir in models:
-        model, tokenizer = load_for_eval({"name_or_path": str(ws / "base")}, adapter_dir, threads=args.threads)
+        model, tokenizer = load_for_eval({"name_or_path": str(ws / "base")}, adapter_dir,
+                                         threads=args.threads)
         rows = test_subset(ws / "data/test.jsonl", settings)[: 8 if args.quick else None]
         prompts = [p["ids"] for p in build_prompts(tokenizer, rows, settings)]
         shared = len(os.path.commonprefix(prompts))
         print(f"\n== {label}: tiny base" + (f" + adapter {adapter_dir}" if adapter_dir else " (random init)")
-              + f"; {args.specialist}, {len(prompts)} test prompts ({statistics.mean(map(len, prompts)):.0f} tokens "
-              f"on average, {shared} shared by all), max_new_tokens {max_new}, {args.threads} thread(s)", flush=True)
+              + f"; {args.specialist}, {len(prompts)} test prompts "
+              f"({statistics.mean(map(len, prompts)):.0f} tokens on average, {shared} shared by all), "
+              f"max_new_tokens {max_new}, {args.threads} thread(s)", flush=True)
 
-        def side(fn, **kw):
+        def side(fn, model=model, tokenizer=tokenizer, **kw):
             def run(ps, new):
                 return fn(model, tokenizer, ps, max_new=new or max_new, **kw)
             return run
@@ -203,16 +213,17 @@ def main(argv=None) -> int:
         m = measure(model, tokenizer, prompts, sides, args.repeats)
         m["ours"] = f"ours (batch {batch_size})"
         measured[label] = m
-        print(common.table([[name, r["generated_tokens"], r["seconds"], r["tokens_per_s"], r["speedup_vs_baseline"],
-                             r["cpu_speedup_vs_baseline"], r.get("decoder", {}).get("forward_passes"),
+        print(common.table([[name, r["generated_tokens"], r["seconds"], r["tokens_per_s"],
+                             r["speedup_vs_baseline"], r["cpu_speedup_vs_baseline"],
+                             r.get("decoder", {}).get("forward_passes"),
                              r["outputs_equal_to_baseline"]] for name, r in m["sides"].items()],
                            ["side", "generated tokens", "seconds (median)", "tokens/s", "x baseline",
                             "x baseline (CPU s)", "decode passes", "outputs = baseline"]))
         ours_side = m["sides"][m["ours"]]
         dec = ours_side.get("decoder", {})
         print(f"outputs {m['output_tokens']['min']}-{m['output_tokens']['max']} tokens (median "
-              f"{m['output_tokens']['median']}); the baseline's prompt forward passes alone: {m['prefill_s']} s = "
-              f"{m['prefill_share_of_baseline']:.0%} of its time"
+              f"{m['output_tokens']['median']}); the baseline's prompt forward passes alone: "
+              f"{m['prefill_s']} s = {m['prefill_share_of_baseline']:.0%} of its time"
               + (f"; ours: {dec['forward_passes']} decode passes, {dec['slots']} token slots, "
                  f"{dec['accepted']}/{dec['drafted']} drafted tokens accepted" if dec.get("fast_path") else
                  "; ours: FELL BACK to model.generate"), flush=True)
@@ -223,14 +234,14 @@ def main(argv=None) -> int:
     for label, m in measured.items():
         value = m["sides"][m["ours"]]["speedup_vs_baseline"]
         goals[label] = {"goal": f">= {GOAL}", "value": value, "met": value >= GOAL}
-        print(f"{label}: ours (batch {batch_size}) vs plain model.generate one at a time: {value}x   goal >= {GOAL}x: "
-              f"{'met' if value >= GOAL else 'MISSED'}")
+        print(f"{label}: ours (batch {batch_size}) vs plain model.generate one at a time: {value}x   "
+              f"goal >= {GOAL}x: {'met' if value >= GOAL else 'MISSED'}")
     machine["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     common.write_result(common.result_path(__file__, args), {
         "benchmark": "eval_throughput", "machine": machine, "quick": args.quick,
-        "specialist": args.specialist, "prompts": len(prompts), "max_new_tokens": max_new, "batch_size": batch_size,
-        "threads": args.threads, "adapter": str(adapter) if adapter else None, "repeats": args.repeats,
-        "models": measured, "goals": goals,
+        "specialist": args.specialist, "prompts": len(prompts), "max_new_tokens": max_new,
+        "batch_size": batch_size, "threads": args.threads, "adapter": str(adapter) if adapter else None,
+        "repeats": args.repeats, "models": measured, "goals": goals,
     })
     return 0
 

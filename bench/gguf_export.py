@@ -12,9 +12,10 @@ pre-tokenizer by hashing a probe string's token ids against a list of known mode
 tokenizer is on no list, so the benchmark answers "qwen2" (the split our writer detects from
 tokenizer.json). It runs in this venv (torch and transformers newer than its requirements pin) plus
 sentencepiece, which its Qwen2 path imports first and the project does not need: the script installs it
-with ``pip install --target`` into a side directory put on the baseline's PYTHONPATH only. The sdist:
+with ``pip install --target`` into a side directory put on the baseline's PYTHONPATH only. The sdist
+(unpacked here if needed):
 
-    pip download --no-deps --no-binary :all: llama-cpp-python==0.3.36 -d /tmp/llsrc   (unpacked here if needed)
+    pip download --no-deps --no-binary :all: llama-cpp-python==0.3.36 -d /tmp/llsrc
 
     python bench/gguf_export.py [--llama-cpp DIR]     # ~3-6 min on 2 cores
     python bench/gguf_export.py --quick               # 4 layers, f16 only
@@ -37,9 +38,10 @@ GOALS = {"time_vs_convert_hf_to_gguf": 1.0, "peak_rss_vs_model_size": 1.2}
 LLAMA_CPP_VERSION = "0.3.36"
 DEFAULT_SDIST = Path("/tmp/llsrc")
 QWEN25_05B = dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
-                  num_key_value_heads=2, vocab_size=151936, max_position_embeddings=32768, rope_theta=1000000.0,
-                  rms_norm_eps=1e-6, tie_word_embeddings=True, use_sliding_window=False, sliding_window=32768,
-                  max_window_layers=21, hidden_act="silu", bos_token_id=151643, eos_token_id=151645)
+                  num_key_value_heads=2, vocab_size=151936, max_position_embeddings=32768,
+                  rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=True, use_sliding_window=False,
+                  sliding_window=32768, max_window_layers=21, hidden_act="silu", bos_token_id=151643,
+                  eos_token_id=151645)
 
 OURS = """
 import sys
@@ -86,7 +88,8 @@ def convert_deps(path: Path) -> Path:
 
 
 def build_model(out_dir: Path, tokenizer_dir: Path, layers: int) -> Path:
-    """A random-init Qwen2 of Qwen2.5-0.5B's shape in bf16 safetensors (as merge writes it), with a tokenizer."""
+    """A random-init Qwen2 of Qwen2.5-0.5B's shape in bf16 safetensors (as merge writes it), with a
+    tokenizer."""
     import torch
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config
@@ -128,9 +131,11 @@ def compare_tensors(a: Path, b: Path) -> dict:
     ta = {t.name: t for t in GGUFReader(str(a)).tensors}
     tb = {t.name: t for t in GGUFReader(str(b)).tensors}
     common_names = sorted(set(ta) & set(tb))
+    def data(tensor):
+        return np.asarray(tensor.data).view(np.uint8)
+
     differ = [n for n in common_names
-              if ta[n].tensor_type != tb[n].tensor_type or not np.array_equal(np.asarray(ta[n].data).view(np.uint8),
-                                                                               np.asarray(tb[n].data).view(np.uint8))]
+              if ta[n].tensor_type != tb[n].tensor_type or not np.array_equal(data(ta[n]), data(tb[n]))]
     return {"tensors_ours": len(ta), "tensors_baseline": len(tb), "only_ours": sorted(set(ta) - set(tb)),
             "only_baseline": sorted(set(tb) - set(ta)), "differing": differ[:20], "n_differing": len(differ)}
 
@@ -144,7 +149,8 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=1, help="timed conversions per tool and type")
     parser.add_argument("--layers", type=int, default=QWEN25_05B["num_hidden_layers"])
     args = parser.parse_args(argv)
-    load_at_start = [round(x, 2) for x in os.getloadavg()]  # common.machine() reads it when the JSON is written
+    # common.machine() reads it when the JSON is written
+    load_at_start = [round(x, 2) for x in os.getloadavg()]
     if args.quick:
         args.quants, args.layers, args.repeats = "f16", 4, 1
     llama = find_llama_cpp(args.llama_cpp)
@@ -157,8 +163,8 @@ def main(argv=None) -> int:
         with open(p, "rb") as fh:
             while fh.read(1 << 24):
                 pass
-    print(f"gguf export: {model.name}, {size / 2**20:.0f} MiB of safetensors; baseline {llama}/convert_hf_to_gguf.py",
-          flush=True)
+    print(f"gguf export: {model.name}, {size / 2**20:.0f} MiB of safetensors; "
+          f"baseline {llama}/convert_hf_to_gguf.py", flush=True)
 
     env = dict(os.environ, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")
     envs = {"ours": env, "convert_hf_to_gguf": dict(env, PYTHONPATH=str(convert_deps(args.convert_deps)))}
@@ -177,8 +183,9 @@ def main(argv=None) -> int:
                     raise SystemExit(f"{tool} {quant} failed:\n{run['output_tail']}")
                 run["gguf_bytes"] = outs[tool].stat().st_size
                 runs[tool].append(run)
-                print(f"  {quant:5s} {tool:20s} {run['seconds']:7.2f} s  peak RSS {run['peak_rss_mib']:8.1f} MiB  "
-                      f"-> {run['gguf_bytes'] / 2**20:.0f} MiB", flush=True)
+                print(f"  {quant:5s} {tool:20s} {run['seconds']:7.2f} s  "
+                      f"peak RSS {run['peak_rss_mib']:8.1f} MiB  -> {run['gguf_bytes'] / 2**20:.0f} MiB",
+                      flush=True)
         best = {tool: min(r, key=lambda x: x["seconds"]) for tool, r in runs.items()}
         same = compare_tensors(outs["ours"], outs["convert_hf_to_gguf"])
         for p in outs.values():
@@ -188,34 +195,42 @@ def main(argv=None) -> int:
                 "all_seconds": [r["seconds"] for r in runs[tool]],
                 "peak_rss_vs_model_size": common.ratio(best[tool]["peak_rss_mib"] * 2**20, size)}
             for tool in runs
-        } | {"time_ours_vs_baseline": common.ratio(best["ours"]["seconds"], best["convert_hf_to_gguf"]["seconds"]),
-             "rss_ours_vs_baseline": common.ratio(best["ours"]["peak_rss_mib"], best["convert_hf_to_gguf"]["peak_rss_mib"]),
+        } | {"time_ours_vs_baseline": common.ratio(best["ours"]["seconds"],
+                                                   best["convert_hf_to_gguf"]["seconds"]),
+             "rss_ours_vs_baseline": common.ratio(best["ours"]["peak_rss_mib"],
+                                                  best["convert_hf_to_gguf"]["peak_rss_mib"]),
              "tensor_data": same}
 
     rows = []
     for quant, r in results.items():
         for tool in ("ours", "convert_hf_to_gguf"):
-            rows.append([quant, tool, r[tool]["seconds"], r[tool]["peak_rss_mib"], r[tool]["peak_rss_vs_model_size"],
-                         round(r[tool]["gguf_bytes"] / 2**20)])
-    print("\n" + common.table(rows, ["type", "tool", "seconds", "peak RSS MiB", "RSS / model size", "GGUF MiB"]))
+            rows.append([quant, tool, r[tool]["seconds"], r[tool]["peak_rss_mib"],
+                         r[tool]["peak_rss_vs_model_size"], round(r[tool]["gguf_bytes"] / 2**20)])
+    print("\n" + common.table(rows,
+                              ["type", "tool", "seconds", "peak RSS MiB", "RSS / model size", "GGUF MiB"]))
     goals = {}
     for quant, r in results.items():
         t, m = r["time_ours_vs_baseline"], r["ours"]["peak_rss_vs_model_size"]
         goals[quant] = {"time_vs_convert_hf_to_gguf": {"goal": "<= 1.0", "value": t, "met": t <= 1.0},
                         "peak_rss_vs_model_size": {"goal": "<= 1.2", "value": m, "met": m <= 1.2}}
         d = r["tensor_data"]
-        print(f"\n{quant}: time ours / convert_hf_to_gguf = {t}x (goal <= 1.0: {'met' if t <= 1.0 else 'MISSED'}); "
+        identical = d["tensors_ours"] - d["n_differing"] - len(d["only_ours"])
+        print(f"\n{quant}: time ours / convert_hf_to_gguf = {t}x "
+              f"(goal <= 1.0: {'met' if t <= 1.0 else 'MISSED'}); "
               f"peak RSS ours / model size = {m}x (goal <= 1.2: {'met' if m <= 1.2 else 'MISSED'}); "
               f"baseline RSS / model size = {r['convert_hf_to_gguf']['peak_rss_vs_model_size']}x; "
-              f"tensors identical: {d['tensors_ours'] - d['n_differing'] - len(d['only_ours'])}/{d['tensors_ours']}"
+              f"tensors identical: {identical}/{d['tensors_ours']}"
               + (f" (differ: {d['differing'][:4]})" if d["n_differing"] else ""))
     common.write_result(common.result_path(__file__, args), {
         "benchmark": "gguf_export", "machine": common.machine() | {"load_avg_at_bench_start": load_at_start},
         "quick": args.quick,
         "model": {"shape": {**QWEN25_05B, "num_hidden_layers": args.layers}, "dtype": "bfloat16",
-                  "safetensors_bytes": size, "init": "random (seed 0)", "tokenizer": "demo tiny BPE (qwen2 split)"},
-        "baseline": {"script": "convert_hf_to_gguf.py", "source": f"llama-cpp-python {LLAMA_CPP_VERSION} sdist",
-                     "patch": "TextModel.get_vocab_base_pre -> 'qwen2' (the demo tokenizer is in no hash list)"},
+                  "safetensors_bytes": size, "init": "random (seed 0)",
+                  "tokenizer": "demo tiny BPE (qwen2 split)"},
+        "baseline": {"script": "convert_hf_to_gguf.py",
+                     "source": f"llama-cpp-python {LLAMA_CPP_VERSION} sdist",
+                     "patch": "TextModel.get_vocab_base_pre -> 'qwen2' "
+                              "(the demo tokenizer is in no hash list)"},
         "repeats": args.repeats, "results": results, "goals": goals,
     })
     return 0

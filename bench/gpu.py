@@ -22,10 +22,10 @@ sequence of s tokens, (s+1)/2), from the real sequence lengths. Recomputation un
 checkpointing is not counted (MFU, not HFU). Peak: dense bf16 tensor-core TFLOP/s of the device (H100
 SXM / H200: 989; H100 PCIe: 756; A100: 312), or ``--peak-tflops``.
 
-    python bench/gpu.py                 # all variants, ~8-15 min on one H100 (first run saves the 15 GB model)
+    python bench/gpu.py                 # all variants, ~8-15 min on one H100 (first run saves the model)
     python bench/gpu.py --quick         # two variants, few steps
     python bench/gpu.py --plan          # no GPU needed: variants, formula, FLOPs per token
-    python bench/gpu.py --cpu-smoke     # no GPU needed: the variant code paths, on the demo's tiny base, 2 steps
+    python bench/gpu.py --cpu-smoke     # no GPU needed: the variants' code on the demo's tiny base, 2 steps
 """
 
 from __future__ import annotations
@@ -42,9 +42,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 QWEN25_7B = dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
-                 num_key_value_heads=4, vocab_size=152064, max_position_embeddings=32768, rope_theta=1000000.0,
-                 rms_norm_eps=1e-6, tie_word_embeddings=False, use_sliding_window=False, hidden_act="silu")
-REFERENCE_LORA = {"r": 16, "alpha": 32, "dropout": 0.05, "target_modules": "all-linear", "modules_to_save": []}
+                 num_key_value_heads=4, vocab_size=152064, max_position_embeddings=32768,
+                 rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=False, use_sliding_window=False,
+                 hidden_act="silu")
+REFERENCE_LORA = {"r": 16, "alpha": 32, "dropout": 0.05, "target_modules": "all-linear",
+                  "modules_to_save": []}
 PEAK_TFLOPS = [("H100 PCIe", 756.0), ("H100", 989.0), ("H200", 989.0), ("H800", 989.0), ("GH200", 989.0),
                ("A100", 312.0), ("L40S", 362.0)]
 # name: (quantization, gradient checkpointing, packing, liger, batch, grad accum, plain TRL reference)
@@ -80,7 +82,8 @@ def shape_counts(shape: dict, lora: dict = REFERENCE_LORA) -> dict:
 
 def flops_per_token(counts: dict, mean_context: float) -> float:
     """Model FLOPs per trained token (see the module docstring)."""
-    return 4 * counts["N_matmul"] + 6 * counts["N_lora"] + 12 * counts["layers"] * counts["attn_width"] * mean_context
+    attention = 12 * counts["layers"] * counts["attn_width"] * mean_context
+    return 4 * counts["N_matmul"] + 6 * counts["N_lora"] + attention
 
 
 def mean_causal_context(lengths) -> float:
@@ -129,7 +132,7 @@ def run_variant(name: str, model_dir: Path, ws: Path, args) -> dict:
     from snaketune.chat_template import build_messages
     from snaketune.files import read_jsonl
     from snaketune.modeling import load_base_model, load_tokenizer
-    from snaketune.training import trainer_class, lora_config, tokenize_rows, training_arguments
+    from snaketune.training import lora_config, tokenize_rows, trainer_class, training_arguments
 
     quant, gc, packing, liger, batch, accum, reference = VARIANTS[name]
     cuda = torch.cuda.is_available()  # False only under --cpu-smoke
@@ -137,8 +140,8 @@ def run_variant(name: str, model_dir: Path, ws: Path, args) -> dict:
     config = common.default_config()
     settings = common.settings_for(config, next(iter(config["specialists"])), {
         "lora": REFERENCE_LORA, "train": {"tools_rendered": "all", "batch_size": batch, "grad_accum": accum,
-                                          "max_steps": args.warmup + args.steps, "lr": 2.0e-4, "warmup_ratio": 0.0,
-                                          "quantization": quant, "max_seq_len": 2048}})
+                                          "max_steps": args.warmup + args.steps, "lr": 2.0e-4,
+                                          "warmup_ratio": 0.0, "quantization": quant, "max_seq_len": 2048}})
     settings["focus_tools"] = []  # every demo row
     tokenizer = load_tokenizer(str(ws / "base"))
     rows = read_jsonl(ws / "data/train.jsonl")
@@ -152,7 +155,8 @@ def run_variant(name: str, model_dir: Path, ws: Path, args) -> dict:
         try:
             import flash_attn  # noqa: F401
         except ImportError:
-            return {"variant": name, "skipped": "flash_attn is not installed (packing needs varlen flash attention)"}
+            return {"variant": name,
+                    "skipped": "flash_attn is not installed (packing needs varlen flash attention)"}
     if liger:
         try:
             import liger_kernel  # noqa: F401
@@ -173,10 +177,10 @@ def run_variant(name: str, model_dir: Path, ws: Path, args) -> dict:
             messages, tools = build_messages(row, settings["system_prompt"], "all")
             records.append({"messages": messages, "tools": json.dumps(tools)})
         train_dataset = datasets.Dataset.from_list(records)
-        sft = SFTConfig(output_dir=str(out_dir), per_device_train_batch_size=batch, gradient_accumulation_steps=accum,
-                        max_steps=args.warmup + args.steps, learning_rate=2.0e-4, report_to="none",
-                        save_strategy="no", logging_steps=5, disable_tqdm=True,
-                        **({} if cuda else {"use_cpu": True, "bf16": False}))
+        sft = SFTConfig(output_dir=str(out_dir), per_device_train_batch_size=batch,
+                        gradient_accumulation_steps=accum, max_steps=args.warmup + args.steps,
+                        learning_rate=2.0e-4, report_to="none", save_strategy="no", logging_steps=5,
+                        disable_tqdm=True, **({} if cuda else {"use_cpu": True, "bf16": False}))
         trainer_cls = SFTTrainer
     else:
         examples, _ = tokenize_rows(rows, tokenizer, settings)
@@ -220,13 +224,15 @@ def run_variant(name: str, model_dir: Path, ws: Path, args) -> dict:
     seconds = state["t1"] - state["t0"]
     context = mean_causal_context(state["seq_lengths"])
     fpt = flops_per_token(counts, context)
-    peak, peak_source = peak_tflops(torch.cuda.get_device_name(0), args.peak_tflops) if cuda else (None, "cpu smoke")
+    peak, peak_source = (peak_tflops(torch.cuda.get_device_name(0), args.peak_tflops) if cuda
+                         else (None, "cpu smoke"))
     tokens_per_s = state["tokens"] / seconds
     return {
-        "variant": name, "quantization": quant, "gradient_checkpointing": gc, "packing": packing, "liger": liger,
-        "batch_size": batch, "grad_accum": accum, "plain_trl_reference": reference, "attention": attn,
-        "timed_steps": args.steps, "tokens": state["tokens"], "seconds": round(seconds, 3),
-        "tokens_per_s": round(tokens_per_s, 1), "mean_sequence_tokens": round(sum(state["seq_lengths"]) / max(1, len(state["seq_lengths"])), 1),
+        "variant": name, "quantization": quant, "gradient_checkpointing": gc,
+        "packing": packing, "liger": liger, "batch_size": batch, "grad_accum": accum,
+        "plain_trl_reference": reference, "attention": attn, "timed_steps": args.steps,
+        "tokens": state["tokens"], "seconds": round(seconds, 3), "tokens_per_s": round(tokens_per_s, 1),
+        "mean_sequence_tokens": round(sum(state["seq_lengths"]) / max(1, len(state["seq_lengths"])), 1),
         "mean_causal_context": round(context, 1), "flops_per_token": fpt,
         "mfu": round(tokens_per_s * fpt / (peak * 1e12), 4) if peak else None, "peak_tflops": peak,
         "peak_source": peak_source,
@@ -237,8 +243,8 @@ def run_variant(name: str, model_dir: Path, ws: Path, args) -> dict:
 
 def tiny_shape(model_dir: Path) -> dict:
     cfg = json.loads((Path(model_dir) / "config.json").read_text())
-    return {k: cfg[k] for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                                "num_key_value_heads", "vocab_size")}
+    return {k: cfg[k] for k in ("hidden_size", "intermediate_size", "num_hidden_layers",
+                                "num_attention_heads", "num_key_value_heads", "vocab_size")}
 
 
 # --- orchestration --------------------------------------------------------------------------------
@@ -248,12 +254,14 @@ def plan(args, names) -> dict:
     example = {s: flops_per_token(counts, mean_causal_context([s])) for s in (512, 700, 2048)}
     print("Qwen2.5-7B shape:", json.dumps(QWEN25_7B))
     print(f"N (matrices per token) = {counts['N_matmul'] / 1e9:.3f} B, LoRA (r 16, all-linear) = "
-          f"{counts['N_lora'] / 1e6:.1f} M, embedding lookup (not counted) = {counts['embedding'] / 1e6:.0f} M")
+          f"{counts['N_lora'] / 1e6:.1f} M, "
+          f"embedding lookup (not counted) = {counts['embedding'] / 1e6:.0f} M")
     print("model FLOPs / token = 4·N + 6·N_lora + 12·L·d·T_ctx  (T_ctx = mean causal context)")
     for s, f in example.items():
         print(f"  one {s}-token sequence: {f / 1e9:.2f} GFLOP/token")
     print("variants:", ", ".join(names))
-    return {"counts": counts, "gflops_per_token_by_length": {s: round(f / 1e9, 3) for s, f in example.items()}}
+    return {"counts": counts,
+            "gflops_per_token_by_length": {s: round(f / 1e9, 3) for s, f in example.items()}}
 
 
 def main(argv=None) -> int:
@@ -262,10 +270,12 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=15, help="timed optimizer steps per variant")
     parser.add_argument("--warmup", type=int, default=3, help="untimed optimizer steps first")
     parser.add_argument("--peak-tflops", type=float, default=None, help="the device's dense bf16 peak")
-    parser.add_argument("--model-dir", type=Path, default=None, help="where the 7B-shaped model is (built if absent)")
+    parser.add_argument("--model-dir", type=Path, default=None,
+                        help="where the 7B-shaped model is (built if absent)")
     parser.add_argument("--plan", action="store_true", help="print variants and FLOP formula; needs no GPU")
     parser.add_argument("--cpu-smoke", action="store_true",
-                        help="run the variants' code on the CPU with the demo's tiny base (2 steps; checks, no figures)")
+                        help="run the variants' code on the CPU with the demo's tiny base "
+                             "(2 steps; checks, no figures)")
     parser.add_argument("--variant", default=None, help=argparse_hidden())
     parser.add_argument("--variant-json", type=Path, default=None, help=argparse_hidden())
     args = parser.parse_args(argv)
@@ -290,7 +300,8 @@ def main(argv=None) -> int:
         return 0
     config = common.default_config()
     ws = common.demo_workspace(config, args.workdir)
-    model_dir = ws / "base" if args.cpu_smoke else (args.model_dir or args.workdir / "gpu" / "qwen2.5-7b-shape-bf16")
+    shaped = args.model_dir or args.workdir / "gpu" / "qwen2.5-7b-shape-bf16"
+    model_dir = ws / "base" if args.cpu_smoke else shaped
     if args.variant:  # the child process: one variant, result as JSON
         result = run_variant(args.variant, model_dir, ws, args)
         args.variant_json.write_text(json.dumps(result))
@@ -303,8 +314,9 @@ def main(argv=None) -> int:
     for name in names:
         out = args.workdir / "gpu" / f"{name}.json"
         out.unlink(missing_ok=True)
-        cmd = [sys.executable, __file__, *(["--cpu-smoke"] if args.cpu_smoke else []), "--variant", name, "--variant-json", str(out), "--model-dir", str(model_dir),
-               "--workdir", str(args.workdir), "--steps", str(args.steps), "--warmup", str(args.warmup)]
+        cmd = [sys.executable, __file__, *(["--cpu-smoke"] if args.cpu_smoke else []), "--variant", name,
+               "--variant-json", str(out), "--model-dir", str(model_dir), "--workdir", str(args.workdir),
+               "--steps", str(args.steps), "--warmup", str(args.warmup)]
         if args.peak_tflops:
             cmd += ["--peak-tflops", str(args.peak_tflops)]
         print(f"\n== {name}", flush=True)
@@ -312,18 +324,23 @@ def main(argv=None) -> int:
         results.append(json.loads(out.read_text()) if proc.returncode == 0 and out.is_file()
                        else {"variant": name, "failed": f"exit {proc.returncode}"})
         r = results[-1]
-        print(f"   {r.get('tokens_per_s')} tokens/s, MFU {r.get('mfu')}, peak VRAM {r.get('peak_vram_gib')} GiB"
-              if "tokens_per_s" in r else f"   {r.get('skipped') or r.get('failed')}", flush=True)
+        if "tokens_per_s" in r:
+            print(f"   {r.get('tokens_per_s')} tokens/s, MFU {r.get('mfu')}, "
+                  f"peak VRAM {r.get('peak_vram_gib')} GiB", flush=True)
+        else:
+            print(f"   {r.get('skipped') or r.get('failed')}", flush=True)
 
     ref = next((r for r in results if r["variant"] == "reference" and "tokens_per_s" in r), None)
     for r in results:
         if ref and "tokens_per_s" in r:
             r["tokens_per_s_vs_reference"] = common.ratio(r["tokens_per_s"], ref["tokens_per_s"])
     measured = [r for r in results if "tokens_per_s" in r]
-    print("\n" + common.table([[r["variant"], r.get("tokens_per_s"), r.get("tokens_per_s_vs_reference"), r.get("mfu"),
-                                r.get("peak_vram_gib"), r.get("skipped") or r.get("failed")] for r in results],
+    print("\n" + common.table([[r["variant"], r.get("tokens_per_s"),
+                                r.get("tokens_per_s_vs_reference"), r.get("mfu"), r.get("peak_vram_gib"),
+                                r.get("skipped") or r.get("failed")] for r in results],
                                ["variant", "tokens/s", "x reference", "MFU", "peak VRAM GiB", "note"]))
-    best = max((r for r in measured if r["variant"] != "reference"), key=lambda r: r["tokens_per_s"], default=None)
+    best = max((r for r in measured if r["variant"] != "reference"),
+               key=lambda r: r["tokens_per_s"], default=None)
     goal = None
     if best and ref:
         value = best["tokens_per_s_vs_reference"]

@@ -1,4 +1,4 @@
-"""Pipeline overhead: invoking the real workflow on an up-to-date results tree, and what one config edit reruns.
+"""Pipeline overhead: invoking the workflow on an up-to-date results tree, and what one config edit reruns.
 
 A scratch checkout (tests/pipeline.py's ``make_workdir``: links to the code, its own config) with a tiny
 config (two specialists, export on) is run once in full. Then:
@@ -33,8 +33,10 @@ from pipeline import make_workdir, planned_jobs, snakemake, tiny_config  # noqa:
 
 GOAL_S = 2.0
 EDITED, OTHER = "veran-tools", "mesen-runner"
-CONFIG = tiny_config(train={"max_steps": 4, "save_steps": 4}, eval_cfg={"max_new_tokens": 16, "max_examples": 4})
-CONFIG["export"] = {"enabled": True, "quants": ["f16", "q8_0"], "lora_gguf": True, "parity": True, "parity_prompts": 1}
+CONFIG = tiny_config(train={"max_steps": 4, "save_steps": 4},
+                     eval_cfg={"max_new_tokens": 16, "max_examples": 4})
+CONFIG["export"] = {"enabled": True, "quants": ["f16", "q8_0"], "lora_gguf": True, "parity": True,
+                    "parity_prompts": 1}
 assert set(CONFIG["specialists"]) == {EDITED, OTHER}
 # Jobs that list every specialist: they rerun when any one changes.
 AGGREGATES = {"eval_summary", "report_tables", "parity_table"}
@@ -85,7 +87,8 @@ def timed(cmd_args, workdir, repeats: int) -> dict:
 def main(argv=None) -> int:
     parser = common.base_parser(__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--fresh", action="store_true", help="delete the scratch run first (rebuilds everything)")
+    parser.add_argument("--fresh", action="store_true",
+                        help="delete the scratch run first (rebuilds everything)")
     args = parser.parse_args(argv)
     config = copy.deepcopy(CONFIG)
     if args.quick:
@@ -111,8 +114,8 @@ def main(argv=None) -> int:
     noop = timed([], work, args.repeats)
     floor = timed([], floor_dir, args.repeats)
     noop_jobs = planned_jobs(work)
-    print(f"  no-op invocation: {noop['median_s']} s (all: {noop['all_s']}), planned jobs {sum(noop_jobs.values())}; "
-          f"one-rule Snakefile: {floor['median_s']} s", flush=True)
+    print(f"  no-op invocation: {noop['median_s']} s (all: {noop['all_s']}), "
+          f"planned jobs {sum(noop_jobs.values())}; one-rule Snakefile: {floor['median_s']} s", flush=True)
 
     edited = copy.deepcopy(config)
     spec = edited["specialists"][EDITED]
@@ -135,15 +138,16 @@ def main(argv=None) -> int:
     exact = not outside and rules == expected
     extra = sorted(rules - expected)
     print(f"\n  only {EDITED}'s chain: {'yes' if exact else 'NO'}"
-          + (f"; other specialists' jobs: {[(j['rule'], j['wildcards']) for j in outside]}" if outside else "")
+          + (f"; other specialists' jobs: {[(j['rule'], j['wildcards']) for j in outside]}"
+             if outside else "")
           + (f"; jobs beyond the chain: {extra}" if extra else "")
           + (f"; missing: {sorted(expected - rules)}" if expected - rules else ""))
     for job in jobs:
         if job["rule"] in extra:
             print(f"    {job['rule']} {job['wildcards']}: {job['reason']}")
     met_time = noop["median_s"] <= GOAL_S and sum(noop_jobs.values()) == 0
-    print(f"  no-op {noop['median_s']} s = {common.ratio(noop['median_s'], floor['median_s'])}x the one-rule floor; "
-          f"goal <= {GOAL_S} s and 0 jobs: {'met' if met_time else 'MISSED'}")
+    print(f"  no-op {noop['median_s']} s = {common.ratio(noop['median_s'], floor['median_s'])}x "
+          f"the one-rule floor; goal <= {GOAL_S} s and 0 jobs: {'met' if met_time else 'MISSED'}")
     common.write_result(common.result_path(__file__, args), {
         "benchmark": "pipeline_overhead", "machine": common.machine(), "quick": args.quick,
         "snakemake": snakemake_version(), "config": config, "full_run_s": full_s,
@@ -152,7 +156,8 @@ def main(argv=None) -> int:
         "edit": {"changed": f"specialists.{EDITED}.train.lr", "jobs": jobs, "counts": counts,
                  "expected_rules": sorted(expected), "only_that_specialists_chain": exact,
                  "other_specialists_jobs": outside, "rules_beyond_the_chain": extra},
-        "goals": {"noop_seconds": {"goal": f"<= {GOAL_S} s, 0 jobs", "value": noop["median_s"], "met": met_time},
+        "goals": {"noop_seconds": {"goal": f"<= {GOAL_S} s, 0 jobs", "value": noop["median_s"],
+                                   "met": met_time},
                   "edit_reruns_one_chain": {"goal": "exactly the edited specialist's chain", "met": exact}},
     })
     return 0

@@ -1,4 +1,4 @@
-"""Train speed: our train step vs plain TRL SFTTrainer (as the reference scripts use it) vs a bare PyTorch loop.
+"""Train speed: our train step vs plain TRL SFTTrainer (as reference scripts use it) vs a bare PyTorch loop.
 
 Three runs on the same tiny base, data, specialist and LoRA settings, one after the other in one process:
 
@@ -45,7 +45,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("TQDM_DISABLE", "1")  # three interleaved trainers' progress bars would only garble the output
+# three interleaved trainers' progress bars would only garble the output
+os.environ.setdefault("TQDM_DISABLE", "1")
 
 GOALS = {"tokens_per_s_vs_trl": 1.0, "tokens_per_s_vs_bare": 0.9, "time_to_quality_speedup_vs_trl": 2.0}
 
@@ -60,7 +61,8 @@ class QualityProbe:
 
         self.tokenizer = tokenizer
         self.prompts = build_prompts(tokenizer, rows, settings)
-        self.mean_prompt_tokens = round(sum(len(p["ids"]) for p in self.prompts) / max(1, len(self.prompts)), 1)
+        prompt_tokens = sum(len(p["ids"]) for p in self.prompts)
+        self.mean_prompt_tokens = round(prompt_tokens / max(1, len(self.prompts)), 1)
         self.batch_size = int(eval_cfg["batch_size"])
         self.max_new_tokens = int(eval_cfg["max_new_tokens"]) if not quick else 48
 
@@ -70,8 +72,8 @@ class QualityProbe:
 
         was_training = model.training
         model.eval()
-        outputs, _ = generate(model, self.tokenizer, [p["ids"] for p in self.prompts], batch_size=self.batch_size,
-                              max_new_tokens=self.max_new_tokens, progress=False)
+        outputs, _ = generate(model, self.tokenizer, [p["ids"] for p in self.prompts],
+                              batch_size=self.batch_size, max_new_tokens=self.max_new_tokens, progress=False)
         if was_training:
             model.train()
         verdicts = []
@@ -170,7 +172,8 @@ class Run:
         point = {"step": step, "examples": self.examples, "tokens": self.tokens,
                  "train_s": round(self.clock.seconds, 2), **scores}
         self.points.append(point)
-        print(f"  [{self.name}] step {step:4d}  examples {self.examples:5d}  train {point['train_s']:7.1f} s  "
+        print(f"  [{self.name}] step {step:4d}  examples {self.examples:5d}  "
+              f"train {point['train_s']:7.1f} s  "
               f"tool_acc {scores['tool_accuracy']:.3f}  exact {scores['exact_match']:.3f}", flush=True)
         if self.reached is None and scores["tool_accuracy"] >= self.target:
             self.reached = point
@@ -196,7 +199,8 @@ class Run:
             "eval_every_steps": self.eval_every, "turns": self.turns,
             "reached_target": self.reached is not None,
             "time_to_quality_s": self.reached["train_s"] if self.reached else None,
-            "time_to_quality_with_setup_s": round(self.reached["train_s"] + self.setup_s, 2) if self.reached else None,
+            "time_to_quality_with_setup_s":
+                round(self.reached["train_s"] + self.setup_s, 2) if self.reached else None,
             "examples_to_quality": self.reached["examples"] if self.reached else None,
             "tokens_to_quality": self.reached["tokens"] if self.reached else None,
             "best_tool_accuracy": best["tool_accuracy"] if best else None,
@@ -256,16 +260,25 @@ def run_ours(run: Run, ws: Path, settings: dict, base_cfg: dict, threads: int, a
     original = training.trainer_class
     training.trainer_class = lambda: counting(original(), run)
     try:
-        metrics = training.train_adapter(ws / "base", ws / "data/train.jsonl", ws / "data/val.jsonl", out / "adapter",
-                                         settings, out / "checkpoints", base_cfg=base_cfg, threads=threads, gpus=0,
-                                         config_path="config/config.yaml")
+        metrics = training.train_adapter(
+            ws / "base",
+            ws / "data/train.jsonl",
+            ws / "data/val.jsonl",
+            out / "adapter",
+            settings,
+            out / "checkpoints",
+            base_cfg=base_cfg,
+            threads=threads,
+            gpus=0,
+            config_path="config/config.yaml",
+        )
     finally:
         training.trainer_class = original
     result = run.summary()
-    result["settings"] = {k: train.get(k) for k in ("batch_size", "grad_accum", "lr", "warmup_ratio", "epochs",
-                                                    "max_steps")} | {
-        "tools_rendered": train.get("tools_rendered", "all"), "group_by_length": train.get("group_by_length", True),
-        "labels": "assistant tokens only"}
+    result["settings"] = {k: train.get(k) for k in ("batch_size", "grad_accum", "lr",
+                                                    "warmup_ratio", "epochs", "max_steps")} | {
+        "tools_rendered": train.get("tools_rendered", "all"),
+        "group_by_length": train.get("group_by_length", True), "labels": "assistant tokens only"}
     result["reported_by_train_adapter"] = {k: metrics.get(k) for k in ("tokens_per_second", "wall_time_s",
                                                                         "final_train_loss", "global_step")}
     return result
@@ -290,7 +303,8 @@ def run_trl(run: Run, ws: Path, settings: dict, threads: int, args) -> dict:
     records = []
     for row in rows:
         messages, tools = build_messages(row, settings["system_prompt"], "all")
-        records.append({"messages": messages, "tools": json.dumps(tools)})  # a JSON string: no Arrow schema merge
+        # a JSON string: no Arrow schema merge
+        records.append({"messages": messages, "tools": json.dumps(tools)})
     tokenizer = AutoTokenizer.from_pretrained(str(ws / "base"))
     model = AutoModelForCausalLM.from_pretrained(str(ws / "base"), dtype=torch.float32)
     out = args.run_dir / "trl"
@@ -302,24 +316,27 @@ def run_trl(run: Run, ws: Path, settings: dict, threads: int, args) -> dict:
     config = SFTConfig(
         output_dir=str(out), per_device_train_batch_size=1, gradient_accumulation_steps=4,
         learning_rate=float(train["lr"]), num_train_epochs=float(train["epochs"]), max_steps=max_steps,
-        lr_scheduler_type=train.get("lr_scheduler", "linear"), warmup_steps=min(float(train.get("warmup_ratio", 0)), 0.999),
-        weight_decay=float(train.get("weight_decay", 0.0)), seed=int(train["seed"]),
-        use_cpu=True, bf16=False, gradient_checkpointing=False, report_to="none",
+        lr_scheduler_type=train.get("lr_scheduler", "linear"),
+        warmup_steps=min(float(train.get("warmup_ratio", 0)), 0.999),
+        weight_decay=float(train.get("weight_decay", 0.0)), seed=int(train["seed"]), use_cpu=True, bf16=False,
+        gradient_checkpointing=False, report_to="none",
     )
-    trainer = counting(SFTTrainer, run)(model=model, args=config, train_dataset=datasets.Dataset.from_list(records),
+    trainer = counting(SFTTrainer, run)(model=model, args=config,
+                                        train_dataset=datasets.Dataset.from_list(records),
                                         processing_class=tokenizer, peft_config=lora_config(settings))
     trainer.train()
     result = run.summary()
-    result["settings"] = {"batch_size": 1, "grad_accum": 4, "lr": config.learning_rate, "warmup": config.warmup_steps,
-                          "epochs": config.num_train_epochs, "max_steps": config.max_steps, "tools_rendered": "all",
-                          "group_by_length": False, "labels": "every token (TRL default)",
-                          "gradient_checkpointing": False}
+    result["settings"] = {"batch_size": 1, "grad_accum": 4, "lr": config.learning_rate,
+                          "warmup": config.warmup_steps, "epochs": config.num_train_epochs,
+                          "max_steps": config.max_steps, "tools_rendered": "all", "group_by_length": False,
+                          "labels": "every token (TRL default)", "gradient_checkpointing": False}
     del trainer, model
     return result
 
 
 def run_bare(run: Run, ws: Path, settings: dict, threads: int, args) -> dict:
-    """forward + backward + AdamW over our examples in our batch order: no Trainer, no callbacks, no clipping."""
+    """forward + backward + AdamW over our examples in our batch order: no Trainer, no callbacks, no
+    clipping."""
     import torch
     from peft import get_peft_model
 
@@ -340,15 +357,20 @@ def run_bare(run: Run, ws: Path, settings: dict, threads: int, args) -> dict:
     model = get_peft_model(load_base_model(str(ws / "base")), lora_config(settings))
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=float(train["lr"]), weight_decay=float(train.get("weight_decay", 0.0)),
-                                  fused=True)
+    optimizer = torch.optim.AdamW(params, lr=float(train["lr"]),
+                                  weight_decay=float(train.get("weight_decay", 0.0)), fused=True)
     lengths = [len(e["input_ids"]) for e in examples]
-    sampler = length_grouped_sampler(lengths, bs, int(train["seed"])) if train.get("group_by_length", True) else None
+    sampler = (
+        length_grouped_sampler(lengths, bs, int(train["seed"]))
+        if train.get("group_by_length", True)
+        else None
+    )
     per_epoch = math.ceil(math.ceil(len(examples) / bs) / accum)
     total = args.max_steps_for(bs * accum) or int(train.get("max_steps", -1))
     if total <= 0:
         total = math.ceil(float(train["epochs"]) * per_epoch)
-    warmup = math.ceil(float(train.get("warmup_ratio", 0.0)) * total)  # linear warmup then decay, as the Trainer's
+    # linear warmup then decay, as the Trainer's
+    warmup = math.ceil(float(train.get("warmup_ratio", 0.0)) * total)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: s / warmup if s < warmup else max(0.0, (total - s) / max(1, total - warmup)))
     pad = tokenizer.pad_token_id
@@ -390,8 +412,9 @@ def run_bare(run: Run, ws: Path, settings: dict, threads: int, args) -> dict:
         epoch += 1
     run.end()
     result = run.summary()
-    result["settings"] = {"batch_size": bs, "grad_accum": accum, "lr": float(train["lr"]), "total_steps": total,
-                          "tools_rendered": train.get("tools_rendered", "all"), "optimizer": "torch AdamW (fused)",
+    result["settings"] = {"batch_size": bs, "grad_accum": accum, "lr": float(train["lr"]),
+                          "total_steps": total, "tools_rendered": train.get("tools_rendered", "all"),
+                          "optimizer": "torch AdamW (fused)",
                           "labels": "assistant tokens only (our examples)" if args.bare_labels == "assistant"
                           else "every token (experiment)"}
     del model, optimizer
@@ -422,17 +445,20 @@ def main(argv=None) -> int:
     parser.add_argument("--variants", default="ours,trl,bare", help="comma-separated subset of ours,trl,bare")
     parser.add_argument("--eval-every", type=int, default=64, help="evaluate every N training examples")
     parser.add_argument("--target", type=float, default=0.9, help="tool accuracy that counts as quality")
-    parser.add_argument("--no-stop", action="store_true", help="train the full schedule even after the target")
+    parser.add_argument("--no-stop", action="store_true",
+                        help="train the full schedule even after the target")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: the specialist's)")
     parser.add_argument("--bare-labels", choices=["assistant", "all"], default="assistant",
                         help="experiment: train the bare loop on every token instead of the assistant's")
     parser.add_argument("--slice", type=float, default=5.0,
-                        help="training seconds a variant runs before handing over (0: one variant after the other)")
+                        help="training seconds a variant runs before handing over "
+                             "(0: one variant after the other)")
     args = parser.parse_args(argv)
     quick_examples = 64 if args.quick else None
     if args.quick:
         args.eval_every = min(args.eval_every, 32)
-    args.run_dir = args.workdir / ("train_speed.quick" if args.quick else "train_speed")  # eval_throughput reads ours
+    # eval_throughput reads ours
+    args.run_dir = args.workdir / ("train_speed.quick" if args.quick else "train_speed")
     args.max_steps_for = lambda per_step: max(1, quick_examples // per_step) if quick_examples else None
 
     config = common.default_config()
@@ -447,20 +473,21 @@ def main(argv=None) -> int:
     threads = args.threads or int(settings["resources"]["threads"])
     ws = common.demo_workspace(config, args.workdir)
 
+    import datasets  # noqa: F401  - imported here, not in whichever variant's setup comes first
+    import peft  # noqa: F401
+    import trl as _trl  # noqa: F401  (the name trl is the TRL variant's result below)
+
     from snaketune.chat_template import specialist_rows
     from snaketune.files import read_jsonl
     from snaketune.modeling import load_tokenizer
-
-    import datasets  # noqa: F401  - imported here, not in whichever variant's setup comes first
-    import peft  # noqa: F401
-    import trl  # noqa: F401
 
     tokenizer = load_tokenizer(str(ws / "base"))
     val_rows = specialist_rows(read_jsonl(ws / "data/val.jsonl"), settings["focus_tools"])
     probe_for = lambda s: QualityProbe(tokenizer, val_rows, s, config["eval"], args.quick)  # noqa: E731
     print(f"train speed: {args.specialist}, {len(val_rows)} validation rows, {threads} thread(s), "
           f"target tool accuracy {args.target}, eval every {args.eval_every} examples"
-          + (f", overrides {overrides}" if overrides else "") + (" [quick]" if args.quick else ""), flush=True)
+          + (f", overrides {overrides}" if overrides else "") + (" [quick]" if args.quick else ""),
+          flush=True)
 
     names = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = set(names) - {"ours", "trl", "bare"}
@@ -471,8 +498,8 @@ def main(argv=None) -> int:
     make_run = lambda name, s, n: Run(name, probe_for(s), n, args.eval_every, args.target,  # noqa: E731
                                       not args.no_stop, baton)
     runners = {
-        "ours": lambda: run_ours(make_run("ours", settings, per_step), ws, settings, {"name_or_path": str(ws / "base")},
-                                 threads, args),
+        "ours": lambda: run_ours(make_run("ours", settings, per_step), ws, settings,
+                                 {"name_or_path": str(ws / "base")}, threads, args),
         "trl": lambda: run_trl(make_run("trl", reference_settings(settings), 4), ws, settings, threads, args),
         "bare": lambda: run_bare(make_run("bare", settings, per_step), ws, settings, threads, args),
     }
@@ -504,12 +531,16 @@ def main(argv=None) -> int:
         ratios["tokens_per_s_vs_trl"] = paired_ratio(ours, trl)
         ratios["tokens_per_s_vs_trl_whole_runs"] = common.ratio(ours["tokens_per_s"], trl["tokens_per_s"])
         if ours["reached_target"] and trl["reached_target"]:
-            ratios["time_to_quality_speedup_vs_trl"] = common.ratio(trl["time_to_quality_s"], ours["time_to_quality_s"])
+            ratios["time_to_quality_speedup_vs_trl"] = common.ratio(trl["time_to_quality_s"],
+                                                                    ours["time_to_quality_s"])
         elif ours["reached_target"]:  # trl never got there: its whole run is a lower bound
-            ratios["time_to_quality_speedup_vs_trl_at_least"] = common.ratio(trl["train_s"], ours["time_to_quality_s"])
+            ratios["time_to_quality_speedup_vs_trl_at_least"] = common.ratio(trl["train_s"],
+                                                                             ours["time_to_quality_s"])
         elif trl["reached_target"]:  # ours never got there: its whole run bounds the speedup from above
-            ratios["time_to_quality_speedup_vs_trl_at_most"] = common.ratio(trl["time_to_quality_s"], ours["train_s"])
-        ratios["tokens_per_example_vs_trl"] = common.ratio(ours["tokens_per_example"], trl["tokens_per_example"])
+            ratios["time_to_quality_speedup_vs_trl_at_most"] = common.ratio(trl["time_to_quality_s"],
+                                                                            ours["train_s"])
+        ratios["tokens_per_example_vs_trl"] = common.ratio(ours["tokens_per_example"],
+                                                           trl["tokens_per_example"])
     if ours and bare:
         ratios["tokens_per_s_vs_bare"] = paired_ratio(ours, bare)
         ratios["tokens_per_s_vs_bare_whole_runs"] = common.ratio(ours["tokens_per_s"], bare["tokens_per_s"])
@@ -525,9 +556,10 @@ def main(argv=None) -> int:
     rows = [[name, r["tokens_per_s"], r["tokens_per_example"], r["padding_share"], r["steps"], r["examples"],
              r["train_s"], r["time_to_quality_s"], r["examples_to_quality"], r["best_tool_accuracy"]]
             for name, r in results.items()]
-    print("\n" + common.table(rows, ["variant", "tokens/s", "tok/example", "padding", "steps", "examples", "train s",
-                                     f"s to acc>={args.target}", "examples to acc", "best acc"]))
-    print("\nratios (ours / baseline; tokens/s: median over interleaved rounds; time to quality: baseline / ours):")
+    print("\n" + common.table(rows, ["variant", "tokens/s", "tok/example", "padding", "steps", "examples",
+                                     "train s", f"s to acc>={args.target}", "examples to acc", "best acc"]))
+    print("\nratios (ours / baseline; tokens/s: median over interleaved rounds; "
+          "time to quality: baseline / ours):")
     for key, value in ratios.items():
         goal = goals.get(key.removesuffix("_at_least").removesuffix("_at_most"))
         print(f"  {key:42s} {value}" + (f"   goal {goal['goal']}: {'met' if goal['met'] else 'MISSED'}"

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -69,46 +71,36 @@ def run_pipeline(workdir: Path, config: dict, targets=(), **kw) -> Path:
     return Path(workdir)
 
 
-# ---- a tiny whole config (seconds per step), for end-to-end tests that need the real rules
+# ---- the tiny whole config (seconds per step), for end-to-end tests that need the real rules
 
-TINY_BASE_SHAPE = {"architecture": "qwen2", "vocab_size": 512, "hidden_size": 32, "intermediate_size": 64,
-                   "num_layers": 1, "num_heads": 2, "num_kv_heads": 1, "seed": 7}
-DEMO_SPECIALISTS = {
-    "veran-tools": {"system_prompt": "You are Veran. Answer with a tool call.",
-                    "focus_tools": ["yaze_debugger.read_memory", "yaze_debugger.write_memory",
-                                    "yaze_debugger.assemble"]},
-    "mesen-runner": {"system_prompt": "You drive Mesen2. Answer with a tool call.",
-                     "focus_tools": ["mesen2.load_rom", "mesen2.run", "mesen2.screenshot", "mesen2.read_memory"]},
-}
+TINY_CONFIG = REPO / ".test" / "config" / "config.yaml"
+
+
+def load_tiny_config() -> dict:
+    """.test/config/config.yaml: demo data, the tiny base, a few training steps, a short eval, export on."""
+    return yaml.safe_load(TINY_CONFIG.read_text(encoding="utf-8"))
+
+
+TINY_BASE_SHAPE = load_tiny_config()["tiny_base"]
+DEMO_SPECIALISTS = load_tiny_config()["specialists"]  # two, on the demo's yaze_debugger and mesen2 tools
 
 
 def tiny_config(specialists=None, *, train=None, resources=None, eval_cfg=None, export=False) -> dict:
-    """Demo data, the tiny base, a few training steps, a short eval: the real rules, seconds per step.
-
-    ``train``, ``resources`` and ``eval_cfg`` update the defaults below; ``specialists`` defaults to
-    DEMO_SPECIALISTS (two, on the demo's yaze_debugger and mesen2 tools).
-    """
-    import copy
-
-    return {
-        "base_model": {"name_or_path": "results/base/tiny"},
-        "tiny_base": dict(TINY_BASE_SHAPE),
-        "data": {"demo": {"enabled": True, "rows": 120, "seed": 5}, "sources": [],
-                 "split": {"train": 0.8, "val": 0.1, "test": 0.1, "seed": 1}},
-        "defaults": {"lora": {"r": 4, "alpha": 8},
-                     "train": {"max_steps": 5, "batch_size": 2, "grad_accum": 1, "lr": 5.0e-3, "save_steps": 5,
-                               "logging_steps": 1, "max_seq_len": 1024, "tools_rendered": "called", **(train or {})},
-                     "resources": {"gpus": 0, "threads": 1, "mem_mb": 1000, **(resources or {})}},
-        "specialists": copy.deepcopy(DEMO_SPECIALISTS if specialists is None else specialists),
-        "eval": {"batch_size": 8, "max_new_tokens": 32, "max_examples": 8, **(eval_cfg or {})},
-        "export": {"enabled": bool(export)},
-    }
+    """The tiny config with a test's changes: ``train``, ``resources`` and ``eval_cfg`` update its
+    defaults.train, defaults.resources and eval; ``specialists`` replaces its specialists; export is off
+    unless ``export``."""
+    config = load_tiny_config()
+    config["defaults"]["train"].update(train or {})
+    config["defaults"]["resources"].update(resources or {})
+    config["eval"].update(eval_cfg or {})
+    config["export"]["enabled"] = bool(export)
+    if specialists is not None:
+        config["specialists"] = copy.deepcopy(specialists)
+    return config
 
 
 def copy_workdir(src: Path, dest: Path) -> Path:
     """A copy of a run's directory (results, logs, .snakemake metadata; code still linked to the checkout)."""
-    import shutil
-
     shutil.copytree(src, dest, symlinks=True)
     return Path(dest)
 

@@ -25,13 +25,14 @@ from pipeline import DEMO_SPECIALISTS, REPO, make_workdir, planned_jobs, snakema
 
 SPECIALIST = "veran-tools"
 CONFIG = tiny_config({SPECIALIST: DEMO_SPECIALISTS[SPECIALIST]}, export=True)
-CONFIG["export"] = {"enabled": True, "quants": ["f16", "q8_0"], "lora_gguf": True, "parity": True, "parity_prompts": 2}
+CONFIG["export"] = {"enabled": True, "quants": ["f16", "q8_0"], "lora_gguf": True, "parity": True,
+                    "parity_prompts": 2}
 # Every rule of the run above writes a record (the audit itself writes none).
-RULES = {"lock", "verify", "demo_dataset", "prepare_data", "tiny_base", "train", "evaluate_base", "evaluate_tuned",
-         "eval_summary", "merge", "gguf", "base_gguf", "lora_gguf", "gguf_parity", "modelfile", "report_tables",
-         "parity_table"}
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-quic",
-                  "--no-first-run", "--disable-component-update", "--disable-sync"]
+RULES = {"lock", "verify", "demo_dataset", "prepare_data", "tiny_base", "train", "evaluate_base",
+         "evaluate_tuned", "eval_summary", "merge", "gguf", "base_gguf", "lora_gguf", "gguf_parity",
+         "modelfile", "report_tables", "parity_table"}
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-quic", "--no-first-run", "--disable-component-update", "--disable-sync"]
 
 
 def output_text(proc) -> str:
@@ -68,7 +69,8 @@ def broken(run, tmp_path):
         shutil.copytree(run, work, symlinks=True, ignore=shutil.ignore_patterns(".snakemake", "report.html"))
         if copy_code:
             (work / "workflow").unlink()
-            shutil.copytree(REPO / "workflow", work / "workflow", ignore=shutil.ignore_patterns("__pycache__"))
+            shutil.copytree(REPO / "workflow", work / "workflow",
+                            ignore=shutil.ignore_patterns("__pycache__"))
         return work
 
     return make
@@ -81,7 +83,8 @@ def test_record_names_params_and_seeds():
     assert record_name({}) == "all"
     assert record_name({"specialist": "veran-tools", "quant": "f16"}) == "veran-tools.f16"
     assert record_name({"path": "a/b"}) == "a%2Fb"
-    params = {"split": {"train": 0.8, "seed": 42}, "spec": {"train": {"seed": 7, "lr": 2e-4}}, "shape": ({"a": 1},)}
+    params = {"split": {"train": 0.8, "seed": 42}, "spec": {"train": {"seed": 7, "lr": 2e-4}},
+              "shape": ({"a": 1},)}
     assert jsonable(params)["shape"] == [{"a": 1}]
     assert find_seeds(params) == {"params.split.seed": 42, "params.spec.train.seed": 7}
 
@@ -92,7 +95,8 @@ def test_param_changes_name_each_leaf():
     made = {"eval_cfg": {"max_new_tokens": 32, "targets": {"exact_match": 0.9}}, "old": 1}
     now = {"eval_cfg": {"max_new_tokens": 16, "targets": {"exact_match": 0.9}}, "new": 2}
     assert param_changes(made, now) == ["params.eval_cfg.max_new_tokens: 32 when made, 16 now",
-                                        "params.new: absent when made, 2 now", "params.old: 1 when made, gone now"]
+                                        "params.new: absent when made, 2 now",
+                                        "params.old: 1 when made, gone now"]
 
 
 def test_index_drift_from_the_lock_report_becomes_notes_not_drift(tmp_path):
@@ -105,8 +109,9 @@ def test_index_drift_from_the_lock_report_becomes_notes_not_drift(tmp_path):
     report.write_text(json.dumps({"index_drift": drift}))
     found, notes = index_drift_notes(report)
     assert found == drift
-    assert notes == ["the index would move certifi 2026.10.18 -> 2026.10.19.post1 in a fresh resolution (the lock "
-                     "keeps 2026.10.18; `python -m snaketune.envlock write --upgrade-package certifi` moves it)"]
+    assert notes == ["the index would move certifi 2026.10.18 -> 2026.10.19.post1 in a fresh resolution "
+                     "(the lock keeps 2026.10.18; "
+                     "`python -m snaketune.envlock write --upgrade-package certifi` moves it)"]
     report.write_text(json.dumps({"index_drift": {"checked": False, "error": "offline", "packages": []}}))
     assert index_drift_notes(report)[1] == ["index drift was not checked when the lock was made (offline)"]
 
@@ -116,7 +121,8 @@ def test_index_drift_from_the_lock_report_becomes_notes_not_drift(tmp_path):
 
 @pytest.mark.e2e
 def test_every_step_records_its_provenance(run):
-    records = {p.parent.name: json.loads(p.read_text()) for p in (run / "results/provenance").glob("*/*.json")}
+    records = {p.parent.name: json.loads(p.read_text())
+               for p in (run / "results/provenance").glob("*/*.json")}
     assert set(records) == RULES
     lock = lock_file(lock_variant(installed_packages()), REPO / "envs/lock")
     for rule, record in records.items():
@@ -157,7 +163,8 @@ def test_audit_passes_on_a_fresh_run_and_is_not_part_of_all(run):
     assert report["status"] == "pass" and report["drifts"] == []
     lock_report = json.loads((run / "results/env/lock_report.json").read_text())
     assert report["lock"]["index_drift"] == lock_report["index_drift"]  # reported there, never a drift
-    assert report["records"] == len(list((run / "results/provenance").glob("*/*.json"))) == len(RULES) + 1  # 2 gguf
+    records = len(list((run / "results/provenance").glob("*/*.json")))
+    assert report["records"] == records == len(RULES) + 1  # 2 gguf
     everything = planned_jobs(run, "--forceall")
     assert "all" in everything and "report_tables" in everything and "audit" not in everything
 
@@ -175,9 +182,11 @@ def test_audit_fails_on_an_edited_result_and_names_what_it_affects(broken):
     assert "when rule prepare_data made it" in details
     assert "input results/data/test.jsonl changed since rule evaluate_base read it" in details
     report = audit_report(work)
-    assert {"results/data/test.jsonl", f"results/eval/base/{SPECIALIST}.json", f"results/eval/tuned/{SPECIALIST}.json",
+    assert {"results/data/test.jsonl", f"results/eval/base/{SPECIALIST}.json",
+            f"results/eval/tuned/{SPECIALIST}.json",
             f"results/gguf/{SPECIALIST}.parity.json"} <= set(report["affected_outputs"])
-    assert f"results/adapters/{SPECIALIST}" not in report["affected_outputs"]  # train never read the test split
+    # train never read the test split
+    assert f"results/adapters/{SPECIALIST}" not in report["affected_outputs"]
 
     proc = audit(work, "--config", "audit_strict=false")
     assert proc.returncode == 0, output_text(proc)
@@ -232,7 +241,8 @@ def test_audit_fails_when_an_entry_script_is_edited(broken):
     assert proc.returncode != 0
     assert "code: entry script workflow/scripts/summarise_eval.py changed (sha256" in text
     assert "since rule eval_summary ran it" in drift_details(work)
-    assert set(audit_report(work)["affected_outputs"]) == {"results/eval/summary.json", "results/eval/summary.md"}
+    assert set(audit_report(work)["affected_outputs"]) == {"results/eval/summary.json",
+                                                           "results/eval/summary.md"}
 
 
 # ------------------------------------------------------------------ bitwise reproducibility
@@ -241,7 +251,8 @@ def test_audit_fails_when_an_entry_script_is_edited(broken):
 def result_hashes(work: Path) -> dict:
     """sha256 of every file of the data splits, tiny base, adapters, eval results, merged models and GGUFs."""
     results = work / "results"
-    files = [results / "data" / name for name in ("train.jsonl", "val.jsonl", "test.jsonl", "split_stats.json",
+    files = [results / "data" / name for name in ("train.jsonl", "val.jsonl", "test.jsonl",
+                                                  "split_stats.json",
                                                    "rejected.jsonl")]
     for tree in ("base", "adapters", "merged"):
         files += [p for p in (results / tree).rglob("*")
@@ -281,7 +292,8 @@ def test_report_builds_and_shows_the_eval_summary_in_chromium(run, tmp_path):
     snakemake(run, "--report", "results/report.html")
     page = run / "results/report.html"
     assert page.stat().st_size > 100_000
-    flags = [browser, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=10000"]
+    flags = [browser, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}",
+             "--virtual-time-budget=10000"]
     shot = tmp_path / "report.png"
     subprocess.run([*flags, "--window-size=1400,1000", f"--screenshot={shot}", page.as_uri()],
                    capture_output=True, timeout=120, check=True)
@@ -291,7 +303,8 @@ def test_report_builds_and_shows_the_eval_summary_in_chromium(run, tmp_path):
 
     with Image.open(shot) as image:
         assert image.size == (1400, 1000)
-        assert len(image.convert("RGB").getcolors(maxcolors=1 << 16) or range(1 << 16)) > 50  # not a blank page
+        # not a blank page
+        assert len(image.convert("RGB").getcolors(maxcolors=1 << 16) or range(1 << 16)) > 50
     # the landing page: the eval summary table (base -> tuned per metric) beside the rule graph
     assert "Evaluation summary: base vs tuned" in dom
     assert "exact match" in dom and "tool accuracy" in dom and SPECIALIST in dom

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline import make_workdir, snakemake
 from snaketune.config import deep_merge
+
+from pipeline import make_workdir, snakemake
 
 CORPUS = Path(__file__).resolve().parent / "bad_inputs"
 CASES = sorted(p.name for p in CORPUS.iterdir() if (p / "case.yaml").is_file())
@@ -35,7 +36,9 @@ def case_env(case: dict, work: Path) -> dict:
 
 
 def files_under(root: Path) -> set:
-    return {p.relative_to(root).as_posix() for p in (root / "results").rglob("*")} if (root / "results").exists() else set()
+    if not (root / "results").exists():
+        return set()
+    return {p.relative_to(root).as_posix() for p in (root / "results").rglob("*")}
 
 
 def test_corpus_is_big_enough():

@@ -211,7 +211,8 @@ def _need_slurm():
     if os.geteuid() != 0:
         reason = "starting slurmctld/slurmd/munged needs root"
     elif missing:
-        reason = f"SLURM binaries missing: {', '.join(missing)} (tests/setup_system.sh installs slurm-wlm, munge)"
+        reason = (f"SLURM binaries missing: {', '.join(missing)} "
+                  "(tests/setup_system.sh installs slurm-wlm, munge)")
     if reason and os.environ.get("CI", "").lower() in ("1", "true", "yes"):
         pytest.fail(f"CI must run the SLURM test: {reason}")
     if reason:
@@ -316,7 +317,8 @@ class Cluster:
             dead = [p.args[0] for p in self.procs if p.poll() is not None]
             if dead or time.monotonic() > deadline:
                 why = f"exited: {', '.join(dead)}" if dead else "timeout"
-                nodes = self.run("sinfo", "-N", "-R", "-o", "%N %t %E", check=False).stdout if self.procs[1:] else ""
+                nodes = (self.run("sinfo", "-N", "-R", "-o", "%N %t %E", check=False).stdout
+                         if self.procs[1:] else "")
                 raise AssertionError(f"SLURM test cluster: no {what} ({why})\n{nodes}\n{self.logs()}")
             time.sleep(0.2)
 
@@ -329,7 +331,8 @@ class Cluster:
 
     def logs(self, tail=40):
         parts = []
-        for name in ("munged.out", "munged.log", "slurmctld.log", "slurmd.log", "slurmctld.out", "slurmd.out"):
+        for name in ("munged.out", "munged.log", "slurmctld.log", "slurmd.log",
+                     "slurmctld.out", "slurmd.out"):
             path = self.base / name
             if path.exists():
                 lines = path.read_text(errors="replace").splitlines()[-tail:]
@@ -451,9 +454,10 @@ def test_pipeline_runs_through_slurm_and_gpu_jobs_get_the_gres(slurm_cluster, tm
 
 def test_every_rule_names_a_conda_env_file_from_envs(tmp_path):
     import yaml
-    from pipeline import make_workdir
     from snakemake.api import SnakemakeApi
     from snakemake.settings.types import OutputSettings, Quietness, ResourceSettings
+
+    from pipeline import make_workdir
 
     work = make_workdir(tmp_path / "w", yaml.safe_load((REPO / "config" / "config.yaml").read_text()))
     with SnakemakeApi(OutputSettings(quiet={Quietness.ALL})) as api:

@@ -17,10 +17,12 @@ from snaketune.errors import SnaketuneError
 
 TOOLS = [
     {"type": "function", "function": {"name": "mesen2.run", "description": "run frames",
-                                      "parameters": {"type": "object", "properties": {"frames": {"type": "integer"}},
+                                      "parameters": {"type": "object",
+                                                     "properties": {"frames": {"type": "integer"}},
                                                      "required": ["frames"]}}},
     {"type": "function", "function": {"name": "mesen2.load_rom", "description": "load",
-                                      "parameters": {"type": "object", "properties": {"path": {"type": "string"}},
+                                      "parameters": {"type": "object",
+                                                     "properties": {"path": {"type": "string"}},
                                                      "required": ["path"]}}},
 ]
 
@@ -28,7 +30,8 @@ TOOLS = [
 def chat(user, name="mesen2.run", args='{"frames": 60}', tools=TOOLS):
     return {"messages": [{"role": "user", "content": user},
                          {"role": "assistant", "content": None,
-                          "tool_calls": [{"type": "function", "function": {"name": name, "arguments": args}}]}],
+                          "tool_calls": [{"type": "function",
+                                          "function": {"name": name, "arguments": args}}]}],
             "tools": tools}
 
 
@@ -109,7 +112,8 @@ def test_skip_mode_reports_rejected_rows(tmp_path):
     src = write(tmp_path / "src.jsonl", [chat("a"), chat("b", name="nope"), "[1, 2]", chat("c")])
     loaded = load_sources({str(src): "auto"}, on_invalid="skip")
     assert len(loaded.rows) == 2
-    assert [(r["line"], r["field"]) for r in loaded.rejected] == [(2, "messages[1].tool_calls[0].function.name"), (3, None)]
+    assert [(r["line"], r["field"]) for r in loaded.rejected] == [
+        (2, "messages[1].tool_calls[0].function.name"), (3, None)]
 
 
 # ------------------------------------------------------------------ normalisation and ids
@@ -151,7 +155,8 @@ def many_rows(n=60):
         if i % 3:
             rows.append(normalise_row(chat(f"run {i} frames", args=json.dumps({"frames": i}))))
         else:
-            rows.append(normalise_row(chat(f"load rom {i}", name="mesen2.load_rom", args=json.dumps({"path": f"r{i}.sfc"}))))
+            rows.append(normalise_row(chat(f"load rom {i}", name="mesen2.load_rom",
+                                           args=json.dumps({"path": f"r{i}.sfc"}))))
     return rows
 
 
@@ -180,7 +185,8 @@ def test_rows_with_the_same_prompt_share_a_split():
 
 
 def test_prepare_data_writes_everything_or_nothing(tmp_path):
-    src = write(tmp_path / "src.jsonl", [r for r in (chat(f"run {i}", args=json.dumps({"frames": i})) for i in range(30))])
+    src = write(tmp_path / "src.jsonl",
+                [r for r in (chat(f"run {i}", args=json.dumps({"frames": i})) for i in range(30))])
     outputs = {k: str(tmp_path / "out" / f"{k}.jsonl") for k in ("train", "val", "test", "rejected")}
     outputs["stats"] = str(tmp_path / "out" / "stats.json")
     with pytest.raises(SnaketuneError) as info:
@@ -205,7 +211,8 @@ DATA_RULES = {"prepare_data"}
 
 def tiny_config(**data):
     config = {
-        "data": {"demo": {"enabled": True, "rows": 150, "seed": 7}, "split": {"train": 0.8, "val": 0.1, "test": 0.1, "seed": 1}},
+        "data": {"demo": {"enabled": True, "rows": 150, "seed": 7},
+                 "split": {"train": 0.8, "val": 0.1, "test": 0.1, "seed": 1}},
         "specialists": {"runner": {"focus_tools": ["mesen2.run"]}, "all-tools": {}},
         "export": {"enabled": False},
     }
@@ -218,7 +225,8 @@ def test_data_stage_end_to_end(tmp_path):
     a = make_workdir(tmp_path / "a", tiny_config())
     snakemake(a, SPLIT_TARGET, "results/env/verify.json")
     stats = json.loads((a / SPLIT_TARGET).read_text())
-    rows = {s: [json.loads(l) for l in (a / f"results/data/{s}.jsonl").read_text().splitlines()] for s in ("train", "val", "test")}
+    rows = {s: [json.loads(line) for line in (a / f"results/data/{s}.jsonl").read_text().splitlines()]
+            for s in ("train", "val", "test")}
     assert stats["counts"] == {s: len(r) for s, r in rows.items()}
     assert stats["total"] + stats["duplicates_removed"] == 150
     assert stats["per_tool"]["test"]["mesen2.run"] >= 1
@@ -238,7 +246,8 @@ def test_data_stage_end_to_end(tmp_path):
     b = make_workdir(tmp_path / "b", tiny_config())
     snakemake(b, SPLIT_TARGET)
     for name in ("train", "val", "test"):
-        assert (a / f"results/data/{name}.jsonl").read_bytes() == (b / f"results/data/{name}.jsonl").read_bytes()
+        split = f"results/data/{name}.jsonl"
+        assert (a / split).read_bytes() == (b / split).read_bytes()
 
 
 @pytest.mark.e2e
@@ -261,19 +270,22 @@ from hypothesis import strategies as st  # noqa: E402
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12),
+                                                                      children, max_size=4),
     max_leaves=20,
 )
 roles = st.sampled_from(["system", "user", "assistant", "tool", "human", 3, None])
 calls = st.fixed_dictionaries({"type": st.just("function"), "function": st.fixed_dictionaries(
     {"name": st.sampled_from(["mesen2.run", "mesen2.load_rom", "nope", ""]),
-     "arguments": st.one_of(st.text(max_size=20), st.just('{"frames": 3}'), st.just('{"path": 1}'), json_values)})})
-messages = st.lists(st.fixed_dictionaries({"role": roles},
-                                          optional={"content": st.one_of(st.none(), st.text(max_size=20), json_values),
-                                                    "tool_calls": st.one_of(st.lists(calls, max_size=2), json_values)}),
-                    max_size=4)
-near_rows = st.fixed_dictionaries({"messages": messages},
-                                  optional={"tools": st.one_of(st.just(TOOLS), st.lists(json_values, max_size=2), json_values)})
+     "arguments": st.one_of(st.text(max_size=20), st.just('{"frames": 3}'), st.just('{"path": 1}'),
+                            json_values)})})
+messages = st.lists(st.fixed_dictionaries(
+    {"role": roles},
+    optional={"content": st.one_of(st.none(), st.text(max_size=20), json_values),
+              "tool_calls": st.one_of(st.lists(calls, max_size=2), json_values)}), max_size=4)
+near_rows = st.fixed_dictionaries(
+    {"messages": messages},
+    optional={"tools": st.one_of(st.just(TOOLS), st.lists(json_values, max_size=2), json_values)})
 instruction_rows = st.fixed_dictionaries({"instruction": st.one_of(st.text(max_size=10), json_values)},
                                          optional={"input": st.one_of(st.text(max_size=10), json_values),
                                                    "output": st.one_of(st.text(max_size=10), json_values)})

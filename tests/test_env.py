@@ -61,7 +61,8 @@ def test_a_bad_requirement_names_file_line_and_field(tmp_path):
 
 
 def test_identical_pins_merge_without_a_conflict(tmp_path):
-    merged = read_env_files([env_file(tmp_path, "train", "torch==2.13.0"), env_file(tmp_path, "eval", "torch==2.13.0")])
+    merged = read_env_files([env_file(tmp_path, "train", "torch==2.13.0"),
+                             env_file(tmp_path, "eval", "torch==2.13.0")])
     assert merged["torch"].specifier == "==2.13.0"
     assert merged["torch"].envs == ["envs/eval.yaml", "envs/train.yaml"]
     assert merged["torch"].conflict is None
@@ -73,7 +74,8 @@ def test_disagreeing_pins_stop_naming_both_files_and_specifiers(tmp_path):
     with pytest.raises(SnaketuneError) as err:
         read_env_files(files)
     message = str(err.value)
-    for part in ("envs/export.yaml", "envs/train.yaml", "torch==2.12.1", "torch==2.13.0", "no version satisfies"):
+    for part in ("envs/export.yaml", "envs/train.yaml", "torch==2.12.1", "torch==2.13.0",
+                 "no version satisfies"):
         assert part in message
     assert err.value.field == "torch" and "pin the same torch version" in err.value.fix
 
@@ -85,17 +87,20 @@ def test_disjoint_ranges_stop_too(tmp_path):
 
 
 def test_a_pin_inside_another_envs_range_wins_and_is_explained(tmp_path):
-    merged = read_env_files([env_file(tmp_path, "export", "numpy==2.4.6"), env_file(tmp_path, "report", "numpy>=1.26,<3")])
+    merged = read_env_files([env_file(tmp_path, "export", "numpy==2.4.6"),
+                             env_file(tmp_path, "report", "numpy>=1.26,<3")])
     item = merged["numpy"]
     assert item.specifier == "==2.4.6"
     assert item.conflict["resolution"] == "intersection"
     assert item.conflict["resolved_to"] == "numpy==2.4.6"
     assert item.conflict["requests"] == {"envs/export.yaml": "==2.4.6", "envs/report.yaml": "<3,>=1.26"}
-    assert "pinned by envs/export.yaml" in item.conflict["why"] and "satisfies every other" in item.conflict["why"]
+    why = item.conflict["why"]
+    assert "pinned by envs/export.yaml" in why and "satisfies every other" in why
 
 
 def test_overlapping_ranges_resolve_to_their_intersection(tmp_path):
-    merged = read_env_files([env_file(tmp_path, "train", "tqdm>=4.60"), env_file(tmp_path, "eval", "tqdm<5,!=4.66.0")])
+    merged = read_env_files([env_file(tmp_path, "train", "tqdm>=4.60"),
+                             env_file(tmp_path, "eval", "tqdm<5,!=4.66.0")])
     item = merged["tqdm"]
     assert SpecifierSet(item.specifier) == SpecifierSet(">=4.60,<5,!=4.66.0")
     assert item.conflict["resolved_to"] == f"tqdm{item.specifier}"
@@ -129,7 +134,8 @@ def test_satisfiability_of_specifier_pairs(specs, ok):
 def test_conda_python_pins_must_agree(tmp_path):
     files = [env_file(tmp_path, "train", "torch==2.13.0"),
              env_file(tmp_path, "data", "pyyaml==6.0.3", conda=("python=3.12.1",))]
-    with pytest.raises(SnaketuneError, match=r"python==3.11.7.*python==3.12.1|python==3.12.1.*python==3.11.7"):
+    with pytest.raises(SnaketuneError,
+                       match=r"python==3.11.7.*python==3.12.1|python==3.12.1.*python==3.11.7"):
         read_env_files(files)
 
 
@@ -147,7 +153,8 @@ def test_categories_follow_the_env_files_that_ask():
 
 
 def test_transitive_packages_take_their_dependents_category():
-    merged = merge_requests(read_env_file(REPO / "envs" / "test.yaml") + read_env_file(REPO / "envs" / "train.yaml"))
+    merged = merge_requests(read_env_file(REPO / "envs" / "test.yaml")
+                            + read_env_file(REPO / "envs" / "train.yaml"))
     pins = {"pytest": ("pytest==9.2.0", ["-r requirements.in"]),
             "pluggy": ("pluggy==1.7.0", ["pytest"]),
             "torch": ("torch==2.13.0", ["-r requirements.in"]),
@@ -192,7 +199,8 @@ def _fake_uv(tmp_path, lines, extra="sympy==1.14.0  # via torch"):
 
 
 def test_lock_text_is_deterministic_and_names_env_files(tmp_path):
-    files = [env_file(tmp_path, "train", "torch==2.13.0"), env_file(tmp_path, "export", "torch==2.13.0", "numpy==2.4.6")]
+    files = [env_file(tmp_path, "train", "torch==2.13.0"),
+             env_file(tmp_path, "export", "torch==2.13.0", "numpy==2.4.6")]
     uv = _fake_uv(tmp_path, ["numpy==2.4.6", "torch==2.13.0+cpu"])
     a = lock_environments(files, SETTINGS, "cpu", find_links=["/opt/wheels"], uv=uv)
     b = lock_environments(files, SETTINGS, "cpu", find_links=["/opt/wheels"], uv=uv)
@@ -201,11 +209,14 @@ def test_lock_text_is_deterministic_and_names_env_files(tmp_path):
     assert body == ["numpy==2.4.6  # via envs/export.yaml, torch",  # sorted by name, env files first
                     "sympy==1.14.0  # via torch",
                     "torch==2.13.0+cpu  # via envs/export.yaml, envs/train.yaml"]
-    assert "variant=cpu python=3.11.7 platform=x86_64-manylinux_2_28 exclude-newer=2026-11-20T00:00:00Z" in a.text
+    header = "variant=cpu python=3.11.7 platform=x86_64-manylinux_2_28 exclude-newer=2026-11-20T00:00:00Z"
+    assert header in a.text
     assert str(tmp_path) not in a.text
     report = a.report
-    assert report["packages"]["torch"]["requested_by"] == {"envs/export.yaml": "==2.13.0", "envs/train.yaml": "==2.13.0"}
-    assert report["packages"]["sympy"] == {"locked": "1.14.0", "category": "training", "direct": False, "via": ["torch"]}
+    assert report["packages"]["torch"]["requested_by"] == {"envs/export.yaml": "==2.13.0",
+                                                           "envs/train.yaml": "==2.13.0"}
+    assert report["packages"]["sympy"] == {"locked": "1.14.0", "category": "training", "direct": False,
+                                           "via": ["torch"]}
     assert report["packages"]["numpy"]["category"] == "export"
     assert report["cuda_packages"] == [] and report["conflicts"] == []
 
@@ -243,7 +254,9 @@ def test_a_conflict_leaves_no_lock_behind(tmp_path):
 def test_every_env_dependency_is_pinned_exactly():
     for path in ENVS:
         for req in read_env_file(path):
-            assert envlock.exact_pin(req.specifier), f"{path.name}: {req.name}{req.specifier} is not an exact pin"
+            assert envlock.exact_pin(req.specifier), (
+                f"{path.name}: {req.name}{req.specifier} is not an exact pin"
+            )
 
 
 @pytest.mark.parametrize("variant", envlock.VARIANTS)
@@ -324,7 +337,8 @@ def test_an_older_pin_is_kept_and_reported_as_drift():
 
 def test_upgrade_package_moves_only_that_pin():
     committed = COMMITTED["cuda"].read_text()
-    older = committed.replace(f"certifi=={read_lock(COMMITTED['cuda'])['pins']['certifi']}", "certifi==2025.8.3")
+    older = committed.replace(f"certifi=={read_lock(COMMITTED['cuda'])['pins']['certifi']}",
+                              "certifi==2025.8.3")
     moved = lock_environments(ENVS, SETTINGS, "cuda", preferences=older, upgrade_packages=["certifi"])
     changes = envlock.pin_changes(older, moved.text)
     assert [d["package"] for d in changes] == ["certifi"]
@@ -398,7 +412,8 @@ def test_a_healthy_cpu_machine_passes_with_a_device_warning():
 
 
 def test_a_gpu_machine_lists_its_gpus():
-    torch = {"installed": True, "version": "2.13.0", "cuda_build": "13.0", "cuda": True, "mps": False, "bf16": True,
+    torch = {"installed": True, "version": "2.13.0", "cuda_build": "13.0", "cuda": True,
+             "mps": False, "bf16": True,
              "gpus": [{"name": "NVIDIA H100", "memory_gb": 79.2, "capability": "9.0"},
                       {"name": "Tiny GPU", "memory_gb": 4.0, "capability": "7.5"}]}
     checks = {c.name: c for c in run_checks(facts(torch=torch), LOCK, {"require_gpu": True})}
@@ -431,7 +446,8 @@ def test_missing_torch_fails():
 def test_drift_against_a_lock_file_is_listed(tmp_path):
     lock_file = tmp_path / "requirements.cpu.txt"
     lock_file.write_text("# snaketune-lock: variant=cpu python=3.11.7 platform=x\n"
-                         "torch==2.13.0+cpu  # via envs/train.yaml\nPyYAML==6.0.3\nnumpy==2.4.6  # via torch\n"
+                         "torch==2.13.0+cpu  # via envs/train.yaml\nPyYAML==6.0.3\n"
+                         "numpy==2.4.6  # via torch\n"
                          "jinja2==3.1.6\n")
     lock = read_lock(lock_file)
     assert lock == {"pins": {"torch": "2.13.0+cpu", "pyyaml": "6.0.3", "numpy": "2.4.6", "jinja2": "3.1.6"},
@@ -439,7 +455,8 @@ def test_drift_against_a_lock_file_is_listed(tmp_path):
     installed = {"torch": "2.13.0+cpu", "pyyaml": "6.0.3", "numpy": "2.3.0", "jinja2": "3.1.6.0"}
     drift, missing = lock_drift(lock["pins"], installed)
     assert drift == [{"package": "numpy", "locked": "2.4.6", "installed": "2.3.0"}] and missing == []
-    check = {c.name: c for c in run_checks(facts(installed=installed), lock, lock_path="envs/lock/requirements.cpu.txt")}
+    check = {c.name: c for c in run_checks(facts(installed=installed), lock,
+                                           lock_path="envs/lock/requirements.cpu.txt")}
     assert check["lock"].status == "warn"
     assert "numpy 2.3.0 (lock 2.4.6)" in check["lock"].detail
     assert check["lock"].fix == "pip install -r envs/lock/requirements.cpu.txt"
@@ -526,8 +543,8 @@ def test_lock_and_verify_rules_reproduce_the_committed_lock(tmp_path):
     assert set(report["categories"]) == set(envlock.CATEGORIES)
     checks = json.loads((work / "results/env/verify.json").read_text())
     assert checks["status"] in ("pass", "warn")
-    assert [c["name"] for c in checks["checks"]] == ["python", "torch", "device", "gpus", "bf16", "lock", "disk",
-                                                     "ram", "data"]
+    assert [c["name"] for c in checks["checks"]] == ["python", "torch", "device", "gpus",
+                                                     "bf16", "lock", "disk", "ram", "data"]
     log = (work / "logs/env/verify.log").read_text()
     assert "python  PASS    Python 3." in log and "verify: " in log
     assert planned_jobs(work, *NO_PROFILE, *ENV_TARGETS) == {}

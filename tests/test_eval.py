@@ -42,7 +42,8 @@ def test_batched_generation_equals_one_at_a_time(tiny_model):
     ids = [p["ids"] for p in prompts]
     assert len({len(i) for i in ids}) > 1  # the batch really needs padding
     batched, n_batched = generate(model, tokenizer, ids, batch_size=4, max_new_tokens=12, progress=False)
-    single = [generate(model, tokenizer, [i], batch_size=1, max_new_tokens=12, progress=False)[0][0] for i in ids]
+    single = [generate(model, tokenizer, [i], batch_size=1, max_new_tokens=12,
+                       progress=False)[0][0] for i in ids]
     assert batched == single
     assert n_batched == sum(min(len(s) + 1, 12) for s in single)
 
@@ -69,7 +70,8 @@ def test_rescore_from_generations_file(tmp_path):
         gen_record("4", "no call at all", gold),
     ]
     write_jsonl(tmp_path / "g.jsonl", records)
-    scores = rescore_generations(tmp_path / "g.jsonl", {"exact_match": 0.9, "tool_accuracy": 0.5, "param_f1": 0.5})
+    scores = rescore_generations(tmp_path / "g.jsonl",
+                                 {"exact_match": 0.9, "tool_accuracy": 0.5, "param_f1": 0.5})
     m = scores["tool"]
     assert m["exact_match"] == 0.25 and m["tool_accuracy"] == 0.5 and m["json_valid_rate"] == 0.75
     # triples: tp 1 (rec 1); fp 2 (rec 2, 3); fn 3 (rec 2, 3, 4)
@@ -80,14 +82,15 @@ def test_rescore_from_generations_file(tmp_path):
 
 
 def result(name, model, tool_acc, exact):
-    metrics = {"exact_match": exact, "tool_accuracy": tool_acc, "param_precision": exact, "param_recall": exact,
-               "param_f1": exact, "json_valid_rate": 1.0, "unknown_tool_rate": 0.0, "n": 10, "per_tool": {}}
+    metrics = {"exact_match": exact, "tool_accuracy": tool_acc, "param_precision": exact,
+               "param_recall": exact, "param_f1": exact, "json_valid_rate": 1.0, "unknown_tool_rate": 0.0,
+               "n": 10, "per_tool": {}}
     targets = {"tool_accuracy": {"value": tool_acc, "target": 0.9, "passed": tool_acc >= 0.9}}
     out = {"specialist": name, "model": model, "n_examples": 10, "metrics": metrics, "text_metrics": None,
            "test_loss": 1.0, "perplexity": 2.718, "targets": targets,
            "targets_met": all(t["passed"] for t in targets.values()),
-           "generation": {"batch_size": 8, "max_new_tokens": 32, "decoding": "greedy", "stop_tokens": ["<|im_end|>"],
-                          "generated_tokens": 100},
+           "generation": {"batch_size": 8, "max_new_tokens": 32, "decoding": "greedy",
+                          "stop_tokens": ["<|im_end|>"], "generated_tokens": 100},
            "hashes": {"base_model": "x@y", "adapter": None if model == "base" else "sha256:" + "0" * 64,
                       "test_file": "sha256:" + "1" * 64}}
     validate_result(out)
@@ -161,7 +164,8 @@ def test_shared_prefix_decoder_equals_plain_generate(tiny_model, spied_generate,
 
     model, tokenizer, rows = tiny_model
     ids = [p["ids"] for p in build_prompts(tokenizer, rows[:9], SETTINGS)]
-    assert len({len(i) for i in ids}) > 1 and len(os.path.commonprefix(ids)) > 50  # a shared prefix, then differ
+    # a shared prefix, then differ
+    assert len({len(i) for i in ids}) > 1 and len(os.path.commonprefix(ids)) > 50
     stops_ending_rows_early(model, tokenizer, ids, monkeypatch)
     reference, n_reference = generate_one_at_a_time(model, tokenizer, ids, 24)
     assert len({len(r) for r in reference}) > 2  # rows end at different steps

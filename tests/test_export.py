@@ -164,7 +164,8 @@ def test_qwen2_export_rules_end_to_end(fixtures, tmp_path):
     assert lora.fields["general.type"].contents() == "adapter"
     assert lora.fields["adapter.type"].contents() == "lora"
     lora_names = {t.name for t in lora.tensors}
-    assert {"blk.1.attn_q.weight.lora_a", "blk.1.attn_q.weight.lora_b", "token_embd.weight.lora_a"} <= lora_names
+    assert {"blk.1.attn_q.weight.lora_a", "blk.1.attn_q.weight.lora_b",
+            "token_embd.weight.lora_a"} <= lora_names
     assert len(lora_names) == 2 * (2 * 7 + 1)
 
     report = json.loads((out / f"{SPECIALIST}.parity.json").read_text())
@@ -216,8 +217,8 @@ def test_llama_merge_matches_base_plus_adapter(llama_export):
     model = AutoModelForCausalLM.from_pretrained(str(merged))  # plain transformers, no PEFT
     assert model.config.model_type == "llama"
     ids = list(range(3, 70))
-    np.testing.assert_allclose(hf_logits(merged, ids), hf_logits(llama_export["base"], ids, llama_export["adapter"]),
-                               atol=1e-4)
+    np.testing.assert_allclose(hf_logits(merged, ids),
+                               hf_logits(llama_export["base"], ids, llama_export["adapter"]), atol=1e-4)
 
 
 def test_llama_gguf_metadata_and_parity(llama_export, fixtures, tmp_path):
@@ -231,8 +232,9 @@ def test_llama_gguf_metadata_and_parity(llama_export, fixtures, tmp_path):
     llm.close()
     out = tmp_path / "parity.json"
     report = check_parity(llama_export["merged"], llama_export["ggufs"], fixtures["test"], out, SETTINGS,
-                          lora=llama_export["root"] / "lora.gguf", base_gguf=llama_export["root"] / "base.f32.gguf",
-                          base_quant="f32", n_prompts=2, threads=1, new_tokens=8)
+                          lora=llama_export["root"] / "lora.gguf",
+                          base_gguf=llama_export["root"] / "base.f32.gguf", base_quant="f32", n_prompts=2,
+                          threads=1, new_tokens=8)
     assert report["passed"] and json.loads(out.read_text())["passed"]
     assert report["results"]["f32"]["worst"]["last_max_abs_diff"] <= 1e-4
     assert report["results"]["lora"]["worst"]["last_max_abs_diff"] <= 1e-4
@@ -266,7 +268,8 @@ def test_pre_tokenizer_name_matches_llama_cpp_tokens(split, corpus, fixtures, tm
     tok = Tokenizer(models.BPE(ignore_merges=split == "llama-bpe"))  # as Llama 3's own tokenizer.json
     tok.pre_tokenizer = (pre_tokenizers.ByteLevel(add_prefix_space=False) if regex is None else
                          pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(regex), behavior="isolated"),
-                                                  pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]))
+                                                  pre_tokenizers.ByteLevel(add_prefix_space=False,
+                                                                           use_regex=False)]))
     tok.decoder = decoders.ByteLevel()
     tok.train_from_iterator(corpus_texts(corpus[:60]), trainers.BpeTrainer(
         vocab_size=400, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
@@ -333,7 +336,8 @@ VARIANTS = {
                                                              "high_freq_factor": 4.0,
                                                              "original_max_position_embeddings": 8192}}),
     "llama-attention-bias": ("LlamaConfig", {"attention_bias": True}),
-    "qwen2-yarn": ("Qwen2Config", {"rope_parameters": {"rope_type": "yarn", "rope_theta": 1000000.0, "factor": 4.0,
+    "qwen2-yarn": ("Qwen2Config",
+                   {"rope_parameters": {"rope_type": "yarn", "rope_theta": 1000000.0, "factor": 4.0,
                                                        "original_max_position_embeddings": 256}}),
 }
 
@@ -345,9 +349,9 @@ def test_architecture_variants_match_in_llama_cpp(variant, tokenizer, tmp_path):
     from transformers import AutoModelForCausalLM
 
     cls, extra = VARIANTS[variant]
-    shape = {"vocab_size": SHAPE["vocab_size"], "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-             "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 1024,
-             "tie_word_embeddings": False}
+    shape = {"vocab_size": SHAPE["vocab_size"], "hidden_size": 64, "intermediate_size": 128,
+             "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+             "max_position_embeddings": 1024, "tie_word_embeddings": False}
     config = getattr(transformers, cls)(**{**shape, **extra})
     torch.manual_seed(5)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
@@ -375,14 +379,16 @@ def test_architecture_variants_match_in_llama_cpp(variant, tokenizer, tmp_path):
 
 def test_modelfile_stops_and_template(llama_export, tmp_path):
     out = tmp_path / f"{SPECIALIST}.Modelfile"
-    text = write_modelfile(out, llama_export["ggufs"]["q8_0"], llama_export["merged"], SYSTEM, name=SPECIALIST)
+    text = write_modelfile(out, llama_export["ggufs"]["q8_0"], llama_export["merged"], SYSTEM,
+                           name=SPECIALIST)
     assert out.read_text() == text
     lines = text.splitlines()
     assert f"FROM ./{SPECIALIST}.q8_0.gguf" in lines
     assert [line for line in lines if line.startswith("PARAMETER stop")] == ['PARAMETER stop "<|im_end|>"']
     assert text.count('"""') == 4
     with pytest.raises(SnaketuneError, match="triple quotes"):
-        write_modelfile(tmp_path / "bad.Modelfile", llama_export["ggufs"]["q8_0"], llama_export["merged"], 'say """')
+        write_modelfile(tmp_path / "bad.Modelfile", llama_export["ggufs"]["q8_0"],
+                        llama_export["merged"], 'say """')
 
 
 GO_HARNESS = r"""package main
@@ -444,7 +450,8 @@ func main() {
 			tools = append(tools, Tool{Raw(s)})
 		}
 		var b strings.Builder
-		values := map[string]any{"System": c.System, "Messages": msgs, "Tools": tools, "Response": "", "Prompt": ""}
+		values := map[string]any{"System": c.System, "Messages": msgs, "Tools": tools,
+			"Response": "", "Prompt": ""}
 		if err := t.Execute(&b, values); err != nil {
 			panic(err)
 		}
@@ -493,7 +500,8 @@ def test_ollama_template_renders_like_the_chat_template(tmp_path):
         messages = ([{"role": "system", "content": system}] if system else []) + messages
         expected.append(apply_template(None, messages, chat_tools, add_generation_prompt=True))
         functions = []
-        for tool in chat_tools:  # the function part of Jinja's tojson, which Ollama's {{ .Function }} stands for
+        # the function part of Jinja's tojson, which Ollama's {{ .Function }} stands for
+        for tool in chat_tools:
             text = render_jinja_template([[{"role": "user", "content": ""}]], tools=[tool],
                                          chat_template="{{ tools[0] | tojson }}")[0][0]
             functions.append(text[text.index('"function": ') + len('"function": '):-1])
@@ -504,8 +512,9 @@ def test_ollama_template_renders_like_the_chat_template(tmp_path):
     (tmp_path / "main.go").write_text(GO_HARNESS)
     (tmp_path / "template.txt").write_text(CHATML_TOOLS_TEMPLATE)
     (tmp_path / "cases.json").write_text(json.dumps(cases))
-    proc = subprocess.run(["go", "run", "main.go", "template.txt", "cases.json"], cwd=tmp_path, capture_output=True,
-                          text=True, env={**__import__("os").environ, "GOCACHE": str(tmp_path / "gocache"),
+    proc = subprocess.run(["go", "run", "main.go", "template.txt", "cases.json"], cwd=tmp_path,
+                          capture_output=True, text=True,
+                          env={**__import__("os").environ, "GOCACHE": str(tmp_path / "gocache"),
                                           "GOFLAGS": "-mod=mod", "GO111MODULE": "off"})
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == expected

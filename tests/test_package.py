@@ -31,7 +31,9 @@ def package_imports(module: str) -> set[str]:
             elif node.module == "snaketune":
                 found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.Import):
-            found.update(alias.name.split(".")[1] for alias in node.names if alias.name.startswith("snaketune."))
+            found.update(
+                alias.name.split(".")[1] for alias in node.names if alias.name.startswith("snaketune.")
+            )
     return found & set(MODULES)
 
 
@@ -72,7 +74,9 @@ def defined_names(module: str) -> set[str]:
 
 def declared_all(module: str) -> list[str] | None:
     for node in parse(module).body:
-        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets):
+        if isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets
+        ):
             return list(ast.literal_eval(node.value))
     return None
 
@@ -84,7 +88,9 @@ def python_uses(path: Path, own: str | None = None) -> list[tuple[str, str, str]
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom):
             mod = node.module or ""
-            target = (mod if node.level == 1 else mod.split(".", 1)[1] if mod.startswith("snaketune.") else None)
+            target = (
+                mod if node.level == 1 else mod.split(".", 1)[1] if mod.startswith("snaketune.") else None
+            )
             if target in MODULES:
                 uses += [(target, alias.name, f"{path.name}:{node.lineno}") for alias in node.names]
             elif (node.level == 1 and not mod) or mod == "snaketune":
@@ -99,7 +105,9 @@ def python_uses(path: Path, own: str | None = None) -> list[tuple[str, str, str]
 
 def snakefile_uses(path: Path) -> list[tuple[str, str, str]]:
     uses = []
-    for m in re.finditer(r"from snaketune\.(\w+) import (\([^)]*\)|[^\n]*)", path.read_text(encoding="utf-8")):
+    for m in re.finditer(
+        r"from snaketune\.(\w+) import (\([^)]*\)|[^\n]*)", path.read_text(encoding="utf-8")
+    ):
         for part in m.group(2).strip("()").replace("\n", ",").split(","):
             name = part.split("#")[0].strip().split(" as ")[0].strip()
             if name:
@@ -129,7 +137,9 @@ def test_the_cycle_finder_finds_a_cycle():
 
 def test_the_package_has_no_import_cycle():
     graph = {module: package_imports(module) for module in MODULES}
-    assert graph["launch"] >= {"training", "ranks"} and "ranks" in graph["training"]  # the parser sees imports
+    assert (
+        graph["launch"] >= {"training", "ranks"} and "ranks" in graph["training"]
+    )  # the parser sees imports
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
 
 

@@ -74,7 +74,8 @@ def test_sigint_during_eval_then_rerun_gives_the_uninterrupted_bytes(trained, tm
     ``snakemake-only`` signals the Snakemake process alone (it stops scheduling and lets the job end).
     """
     work = copy_workdir(trained, tmp_path / "w")
-    clean = {name: (work / name).read_bytes() for name in (TUNED, TUNED.replace(".json", ".generations.jsonl"))}
+    clean = {name: (work / name).read_bytes() for name in (TUNED,
+                                                           TUNED.replace(".json", ".generations.jsonl"))}
 
     log = work / TUNED_LOG
     log.unlink()

@@ -15,8 +15,15 @@ import pytest
 import yaml
 
 from snaketune.chat_template import (
-    END_OF_TURN, apply_template, build_messages, encode_chat, gold_tool_names, specialist_chat, specialist_rows,
-    split_prompt, stop_token_ids,
+    END_OF_TURN,
+    apply_template,
+    build_messages,
+    encode_chat,
+    gold_tool_names,
+    specialist_chat,
+    specialist_rows,
+    split_prompt,
+    stop_token_ids,
 )
 from snaketune.config import fill_stage_defaults, load_schema, specialist_settings
 from snaketune.demo import generate_demo_rows
@@ -35,10 +42,11 @@ SPECIALISTS = {
                     "focus_tools": ["yaze_debugger.read_memory", "yaze_debugger.write_memory",
                                     "yaze_debugger.assemble"]},
     "mesen-runner": {"system_prompt": "You drive Mesen2. Answer with a tool call.",
-                     "focus_tools": ["mesen2.load_rom", "mesen2.run", "mesen2.screenshot", "mesen2.read_memory"]},
+                     "focus_tools": ["mesen2.load_rom", "mesen2.run", "mesen2.screenshot",
+                                     "mesen2.read_memory"]},
 }
-FAST_TRAIN = {"max_steps": 6, "batch_size": 2, "grad_accum": 1, "lr": 5.0e-3, "save_steps": 2, "logging_steps": 1,
-              "tools_rendered": "called", "max_seq_len": 1024}
+FAST_TRAIN = {"max_steps": 6, "batch_size": 2, "grad_accum": 1, "lr": 5.0e-3, "save_steps": 2,
+              "logging_steps": 1, "tools_rendered": "called", "max_seq_len": 1024}
 FAST_LORA = {"r": 4, "alpha": 8, "modules_to_save": ["embed_tokens", "lm_head"]}
 
 
@@ -53,7 +61,8 @@ def tool_row(*calls, user="Do it.", content=None, tools=None, system=None):
     messages = [{"role": "system", "content": system}] if system else []
     messages.append({"role": "user", "content": user})
     messages.append({"role": "assistant", "content": content,
-                     "tool_calls": [{"type": "function", "function": {"name": n, "arguments": a}} for n, a in calls]})
+                     "tool_calls": [{"type": "function",
+                                     "function": {"name": n, "arguments": a}} for n, a in calls]})
     names = tools or sorted({n for n, _ in calls})
     return {"id": "r", "kind": "tool", "messages": messages,
             "tools": [{"type": "function", "function": {"name": n, "description": f"{n} tool",
@@ -97,7 +106,8 @@ def test_two_calls_are_two_blocks_and_dict_arguments_are_json():
     row = tool_row(WRITE, READ)
     row["messages"][-1]["tool_calls"][1]["function"]["arguments"] = {"address": "0x7E0010", "length": 4}
     text = apply_template(None, *build_messages(row))
-    assert text.endswith('"data": "01 FF"}}\n</tool_call>\n<tool_call>\n{"name": "yaze_debugger.read_memory", '
+    assert text.endswith('"data": "01 FF"}}\n</tool_call>\n<tool_call>\n'
+                         '{"name": "yaze_debugger.read_memory", '
                          '"arguments": {"address": "0x7E0010", "length": 4}}\n</tool_call><|im_end|>\n')
 
 
@@ -105,12 +115,15 @@ CHATS = {
     "one call": tool_row(READ),
     "two calls": tool_row(WRITE, READ),
     "content and call": tool_row(READ, content="Reading it now."),
-    "text answer": {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there."}]},
+    "text answer": {"messages": [{"role": "user", "content": "Hi"},
+                                 {"role": "assistant", "content": "Hello there."}]},
     "tool results": {"messages": [
         {"role": "user", "content": "Read then write."},
-        {"role": "assistant", "content": None, "tool_calls": [{"type": "function", "function": {"name": READ[0], "arguments": READ[1]}}]},
+        {"role": "assistant", "content": None,
+         "tool_calls": [{"type": "function", "function": {"name": READ[0], "arguments": READ[1]}}]},
         {"role": "tool", "tool_call_id": "1", "content": "00 00 00 00"},
-        {"role": "assistant", "content": None, "tool_calls": [{"type": "function", "function": {"name": WRITE[0], "arguments": WRITE[1]}}]},
+        {"role": "assistant", "content": None,
+         "tool_calls": [{"type": "function", "function": {"name": WRITE[0], "arguments": WRITE[1]}}]},
     ], "tools": tool_row(READ, WRITE)["tools"]},
 }
 
@@ -142,12 +155,14 @@ def test_loss_mask_covers_exactly_what_the_assistant_writes(tiny):
     (example,), skipped = tokenize_rows([row], tokenizer, settings)
     assert skipped == []
     kept = [t for t in example["labels"] if t != -100]
-    answer = ('<tool_call>\n{"name": "yaze_debugger.write_memory", "arguments": {"address": "0x7E0010", "data": '
-              '"01 FF"}}\n</tool_call>\n<tool_call>\n{"name": "yaze_debugger.read_memory", "arguments": {"address": '
-              '"0x7E0010", "length": 4}}\n</tool_call><|im_end|>')
+    answer = ('<tool_call>\n{"name": "yaze_debugger.write_memory", '
+              '"arguments": {"address": "0x7E0010", "data": "01 FF"}}\n</tool_call>\n'
+              '<tool_call>\n{"name": "yaze_debugger.read_memory", '
+              '"arguments": {"address": "0x7E0010", "length": 4}}\n</tool_call><|im_end|>')
     assert tokenizer.decode(kept) == answer
     messages, tools = specialist_chat(row, settings)
-    prompt_ids = encode_chat(tokenizer, split_prompt(messages)[0], tools, add_generation_prompt=True)["input_ids"]
+    prompt_ids = encode_chat(tokenizer, split_prompt(messages)[0], tools,
+                             add_generation_prompt=True)["input_ids"]
     n = len(example["input_ids"])
     # prompt masked, the answer learned (ending on <|im_end|>), the trailing newline not
     assert example["labels"][:len(prompt_ids)] == [-100] * len(prompt_ids)
@@ -181,7 +196,8 @@ def test_specialist_subset_and_rendered_tools():
     assert [m["content"] for m in messages if m["role"] == "system"] == ["specialist prompt"]
     assert len(tools) == 3
     assert [t["function"]["name"] for t in build_messages(row, "", "called")[1]] == [READ[0]]
-    assert build_messages(row, "", "all")[0][0]["content"] == "row prompt"  # no specialist prompt: the row's stays
+    # no specialist prompt: the row's stays
+    assert build_messages(row, "", "all")[0][0]["content"] == "row prompt"
 
 
 def test_compact_tools_keep_every_tool_and_what_a_call_needs():
@@ -190,15 +206,18 @@ def test_compact_tools_keep_every_tool_and_what_a_call_needs():
 
     row = {"messages": [{"role": "user", "content": "Load roms/a.sfc as PAL."}], "tools": FAMILIES["mesen2"]}
     full, compact = build_messages(row, "", "all")[1], build_messages(row, "", "compact")[1]
-    assert [t["function"]["name"] for t in compact] == [t["function"]["name"] for t in full]  # no tool dropped
+    # no tool dropped
+    assert [t["function"]["name"] for t in compact] == [t["function"]["name"] for t in full]
     load = compact[0]["function"]
     assert load == {"name": "mesen2.load_rom", "description": "Load a ROM image into the Mesen2 emulator.",
                     "parameters": {"type": "object", "required": ["path"],
                                    "properties": {"path": {"type": "string"},
                                                   "region": {"type": "string", "enum": ["NTSC", "PAL"]}}}}
-    assert FAMILIES["mesen2"][0]["function"]["parameters"]["properties"]["path"]["pattern"]  # the row is untouched
+    # the row is untouched
+    assert FAMILIES["mesen2"][0]["function"]["parameters"]["properties"]["path"]["pattern"]
     odd = {"type": "function", "function": {"name": "f", "parameters": {"properties": {"x": True}}}}
-    assert compact_tool(odd)["function"] == {"name": "f", "parameters": {"type": "object", "properties": {"x": {}},
+    assert compact_tool(odd)["function"] == {"name": "f",
+                                             "parameters": {"type": "object", "properties": {"x": {}},
                                                                          "required": []}}
     shorter = len(apply_template(None, *build_messages(row, "", "compact")))
     assert shorter < 0.8 * len(apply_template(None, *build_messages(row, "", "all")))
@@ -211,8 +230,17 @@ def test_config_maps_to_cpu_training_arguments(tmp_path):
 
     from snaketune.training import lora_config, resolve_options, training_arguments
 
-    settings = settings_for(train={"lr": 1.5e-3, "batch_size": 3, "grad_accum": 2, "seed": 11, "max_seq_len": 256,
-                                   "warmup_ratio": 0.1, "group_by_length": True})
+    settings = settings_for(
+        train={
+            "lr": 1.5e-3,
+            "batch_size": 3,
+            "grad_accum": 2,
+            "seed": 11,
+            "max_seq_len": 256,
+            "warmup_ratio": 0.1,
+            "group_by_length": True,
+        }
+    )
     options = resolve_options(settings["train"], "cpu", config_path=CONFIG_PATH)
     assert options == {"device": "cpu", "dtype": "fp32", "gradient_checkpointing": False, "packing": False,
                        "quantization": "none"}
@@ -225,7 +253,9 @@ def test_config_maps_to_cpu_training_arguments(tmp_path):
     assert config.bf16 is False and config.fp16 is False
     assert config.gradient_checkpointing is False and config.activation_checkpointing is False
     assert config.use_cpu is True and config.packing is False and config.warmup_steps == 0.1
-    forced = resolve_options({**settings["train"], "gradient_checkpointing": True, "packing": True}, "cpu", config_path=CONFIG_PATH)
+    forced = resolve_options(
+        {**settings["train"], "gradient_checkpointing": True, "packing": True}, "cpu", config_path=CONFIG_PATH
+    )
     assert forced["gradient_checkpointing"] and forced["packing"]
     lora = lora_config(settings)
     assert (lora.r, lora.lora_alpha, lora.target_modules) == (4, 8, "all-linear")
@@ -245,9 +275,12 @@ def test_length_grouped_batches_are_reshuffled_every_epoch_and_reproducible():
         epochs.append(list(sampler))
     assert sorted(epochs[0]) == list(range(90)) and epochs[0] == epochs[2] and epochs[0] != epochs[1]
     batches = [epochs[1][i:i + 8] for i in range(0, 90, 8)]
-    padding = sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in batches)
+
+    def padding_of(groups):
+        return sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in groups)
+
     shuffled = [list(range(90))[i:i + 8] for i in range(0, 90, 8)]
-    assert padding < 0.5 * sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in shuffled)
+    assert padding_of(batches) < 0.5 * padding_of(shuffled)
 
 
 # ------------------------------------------------------------------ base loading
@@ -281,15 +314,16 @@ def test_assistant_head_loss_equals_the_full_logits_loss_and_its_gradients(tiny)
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
     model.zero_grad()
     logits = model(input_ids=ids, attention_mask=attn).logits
-    full = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
-                                             ignore_index=-100)
+    full = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
+                                             labels[:, 1:].reshape(-1), ignore_index=-100)
     full.backward()
     assert abs(ours.item() - full.item()) < 1e-5 and ours.item() > 1.0
     assert len(grads) > 4
     for name, param in model.named_parameters():
         if param.requires_grad:
             assert torch.allclose(grads[name], param.grad, atol=1e-6, rtol=1e-4), name
-    assert trainer._total_train_tokens == int(attn.sum()) and 0 <= trainer._metrics["train"]["mean_token_accuracy"][0] <= 1
+    assert trainer._total_train_tokens == int(attn.sum())
+    assert 0 <= trainer._metrics["train"]["mean_token_accuracy"][0] <= 1
 
 
 def test_tiny_base_is_deterministic_and_loads(tiny, tmp_path):
@@ -306,9 +340,16 @@ def test_tiny_base_is_deterministic_and_loads(tiny, tmp_path):
     # <tool_call> stays visible in decoded text (the metrics parser looks for it)
     ids = tokenizer.encode("<tool_call>\n{}\n</tool_call><|im_end|>", add_special_tokens=False)
     assert tokenizer.decode(ids, skip_special_tokens=True) == "<tool_call>\n{}\n</tool_call>"
-    llama = build_tiny_base(tiny / "train.jsonl", tmp_path / "llama", {**TINY_BASE_SHAPE, "architecture": "llama"},
-                            config_path=CONFIG_PATH)
-    assert llama is None and json.loads((tmp_path / "llama" / "config.json").read_text())["model_type"] == "llama"
+    llama = build_tiny_base(
+        tiny / "train.jsonl",
+        tmp_path / "llama",
+        {**TINY_BASE_SHAPE, "architecture": "llama"},
+        config_path=CONFIG_PATH,
+    )
+    assert (
+        llama is None
+        and json.loads((tmp_path / "llama" / "config.json").read_text())["model_type"] == "llama"
+    )
 
 
 def test_base_loading_errors_say_what_to_do(tmp_path, monkeypatch):
@@ -342,8 +383,17 @@ def test_quantization_errors_are_clear(monkeypatch):
 def _train(tiny, out, ckpt, **kw):
     from snaketune.training import train_adapter
 
-    return train_adapter(tiny / "base", tiny / "train.jsonl", tiny / "val.jsonl", out, settings_for(**kw), ckpt,
-                         base_cfg={"name_or_path": "results/base/tiny"}, threads=1, config_path=CONFIG_PATH)
+    return train_adapter(
+        tiny / "base",
+        tiny / "train.jsonl",
+        tiny / "val.jsonl",
+        out,
+        settings_for(**kw),
+        ckpt,
+        base_cfg={"name_or_path": "results/base/tiny"},
+        threads=1,
+        config_path=CONFIG_PATH,
+    )
 
 
 def test_train_adapter_writes_a_complete_loadable_adapter_and_is_reproducible(tiny, tmp_path):
@@ -377,7 +427,8 @@ def test_train_adapter_writes_a_complete_loadable_adapter_and_is_reproducible(ti
     # A finished checkpoint for the same inputs is resumed: no step is trained again, same bytes
     again = _train(tiny, tmp_path / "c", tmp_path / "ck_a")
     assert again["resumed_from_step"] == 6
-    assert sha256_file(tmp_path / "c" / "adapter_model.safetensors") == sha256_file(out / "adapter_model.safetensors")
+    weights = "adapter_model.safetensors"
+    assert sha256_file(tmp_path / "c" / weights) == sha256_file(out / weights)
 
 
 def test_packing_can_be_switched_on_on_cpu(tiny, tmp_path):
@@ -406,7 +457,8 @@ def e2e_config(specialists=SPECIALISTS, train=None) -> dict:
         "tiny_base": TINY_BASE_SHAPE,
         "data": {"demo": {"enabled": True, "rows": 120, "seed": 5}, "sources": [],
                  "split": {"train": 0.8, "val": 0.1, "test": 0.1, "seed": 1}},
-        "defaults": {"lora": FAST_LORA, "train": {**FAST_TRAIN, "max_steps": 40, "save_steps": 4, **(train or {})},
+        "defaults": {"lora": FAST_LORA,
+                     "train": {**FAST_TRAIN, "max_steps": 40, "save_steps": 4, **(train or {})},
                      "resources": {"gpus": 0, "threads": 1, "mem_mb": 1000}},
         "specialists": copy.deepcopy(specialists),
     }
@@ -430,10 +482,11 @@ def _kill_tree(workdir: Path) -> int:
 
 @pytest.mark.e2e
 def test_pipeline_trains_reruns_nothing_retrains_one_and_resumes_after_sigkill(tmp_path):
-    from pipeline import make_workdir, planned_jobs, snakemake
+    from peft import PeftModel
 
     from snaketune.modeling import load_base
-    from peft import PeftModel
+
+    from pipeline import make_workdir, planned_jobs, snakemake
 
     config = e2e_config()
     a = make_workdir(tmp_path / "a", config)
@@ -490,7 +543,8 @@ def test_default_config_specialists_call_the_right_tool(tmp_path):
     work = make_workdir(tmp_path / "default", config)
     started = time.monotonic()
     snakemake(work, *[f"results/adapters/{name}" for name in config["specialists"]], timeout=3600)
-    train_wall = time.monotonic() - started  # data, tiny base and the three train jobs, as scheduled on this machine
+    # data, tiny base and the three train jobs, as scheduled on this machine
+    train_wall = time.monotonic() - started
     snakemake(work, "results/eval/summary.json", timeout=3600)
     for name in config["specialists"]:
         base = json.loads((work / f"results/eval/base/{name}.json").read_text())["metrics"]["tool_accuracy"]
@@ -507,11 +561,18 @@ def test_process_count_is_one_per_gpu_held_or_train_processes():
 
     auto = settings_for()
     assert "processes" not in auto["train"]  # absent = auto: single-process settings (and bytes) as before
-    assert process_count(auto, [], config_path=CONFIG_PATH) == 1 and process_count(auto, ["0"], config_path=CONFIG_PATH) == 1
+    assert (
+        process_count(auto, [], config_path=CONFIG_PATH) == 1
+        and process_count(auto, ["0"], config_path=CONFIG_PATH) == 1
+    )
     assert process_count(auto, ["2", "3"], config_path=CONFIG_PATH) == 2
-    assert process_count(auto, ["2", "3"], cuda=False, config_path=CONFIG_PATH) == 1  # cards torch cannot use: one CPU process, as before
+    assert (
+        process_count(auto, ["2", "3"], cuda=False, config_path=CONFIG_PATH) == 1
+    )  # cards torch cannot use: one CPU process, as before
     forced = settings_for(train={"processes": 2})
-    assert process_count(forced, [], config_path=CONFIG_PATH) == 2  # CPU processes (gloo): how it is tested without a GPU
+    assert (
+        process_count(forced, [], config_path=CONFIG_PATH) == 2
+    )  # CPU processes (gloo): how it is tested without a GPU
     assert process_count(settings_for(train={"processes": 1}), ["0", "1"], config_path=CONFIG_PATH) == 1
     with pytest.raises(SnaketuneError, match="train.processes.*holds 1 GPU"):
         process_count(forced, ["0"], config_path=CONFIG_PATH)
@@ -536,8 +597,19 @@ def test_torchrun_command_and_child_environment():
     from snaketune.launch import PACKAGE_PARENT, child_env, per_process_threads, torchrun_command
 
     command = torchrun_command(2, "/tmp/args.json", python="/venv/bin/python")
-    assert command == ["/venv/bin/python", "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                       "--max-restarts", "0", "-m", "snaketune.launch", "/tmp/args.json"]
+    assert command == [
+        "/venv/bin/python",
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "--max-restarts",
+        "0",
+        "-m",
+        "snaketune.launch",
+        "/tmp/args.json",
+    ]
     env = child_env(2, 8, {"PYTHONPATH": "/elsewhere", "CUDA_VISIBLE_DEVICES": "2,3"})
     assert env["PYTHONPATH"].split(os.pathsep) == [str(PACKAGE_PARENT), "/elsewhere"]
     assert env["OMP_NUM_THREADS"] == "4" and env["CUDA_VISIBLE_DEVICES"] == "2,3"  # the job's slot, passed on
@@ -563,12 +635,24 @@ def test_a_user_error_in_a_torchrun_child_ends_the_step_with_its_message(tiny, t
     settings = settings_for(train={"processes": 2})
     settings["focus_tools"] = ["no_such.tool"]
     with pytest.raises(SnaketuneError, match="no training rows call only veran-tools's focus tools") as err:
-        launch_training([], base_dir=str(tiny / "base"), train_path=str(tiny / "train.jsonl"),
-                        val_path=str(tiny / "val.jsonl"), out_dir=tmp_path / "out", settings=settings,
-                        checkpoint_dir=tmp_path / "ck", base_cfg={"name_or_path": "results/base/tiny"}, threads=1,
-                        config_path=CONFIG_PATH)
-    assert err.value.field == "specialists.veran-tools.focus_tools" and err.value.fix  # the child's error, whole
-    assert "[rank 0]" in capsys.readouterr().out  # the children's output reached this process's stdout (the log)
+        launch_training(
+            [],
+            base_dir=str(tiny / "base"),
+            train_path=str(tiny / "train.jsonl"),
+            val_path=str(tiny / "val.jsonl"),
+            out_dir=tmp_path / "out",
+            settings=settings,
+            checkpoint_dir=tmp_path / "ck",
+            base_cfg={"name_or_path": "results/base/tiny"},
+            threads=1,
+            config_path=CONFIG_PATH,
+        )
+    assert (
+        err.value.field == "specialists.veran-tools.focus_tools" and err.value.fix
+    )  # the child's error, whole
+    assert (
+        "[rank 0]" in capsys.readouterr().out
+    )  # the children's output reached this process's stdout (the log)
     assert not (tmp_path / "out").exists()
 
 
@@ -579,16 +663,19 @@ TWO_PROCESSES = "specialists:\n  veran-tools: {train: {processes: 2}}\n"  # the 
 def test_pipeline_trains_a_specialist_with_two_gloo_processes(tmp_path):
     """Two torchrun processes on the CPU: world size 2 in the log, one complete adapter that loads."""
     from peft import PeftModel
-    from pipeline import make_workdir, snakemake
 
     from snaketune.modeling import load_base
 
+    from pipeline import make_workdir, snakemake
+
     work = make_workdir(tmp_path / "ddp", e2e_config(train={"max_steps": 6, "save_steps": 3}))
     (work / "two-processes.yaml").write_text(TWO_PROCESSES)
-    snakemake(work, ADAPTERS[1], "--configfile", "two-processes.yaml", timeout=600)  # --configfile takes several
+    # --configfile takes several
+    snakemake(work, ADAPTERS[1], "--configfile", "two-processes.yaml", timeout=600)
 
     log = (work / "logs/train/veran-tools.log").read_text()
-    assert "training with 2 processes" in log and "torch.distributed.run --standalone --nproc-per-node 2" in log
+    assert "training with 2 processes" in log
+    assert "torch.distributed.run --standalone --nproc-per-node 2" in log
     for rank in (0, 1):
         assert f"[rank {rank}] snaketune.launch: distributed: world size 2, rank {rank}, backend gloo" in log
     assert "Traceback" not in log

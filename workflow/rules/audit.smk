@@ -17,8 +17,8 @@ rule audit:
     params:
         provenance=PROVENANCE,
         expected=audit_expected_params,
-        targets=ALL_TARGETS,
-        strict=config["audit_strict"] in (True, "true"),
+        targets=final_targets(),
+        strict=audit_strict(),
         report="results/audit.json",
         lock_report="results/env/lock_report.json",  # its index drift becomes notes
     log:
@@ -35,12 +35,24 @@ rule report_tables:
         verify="results/env/verify.json",
         eval_summary="results/eval/summary.json",
     output:
-        split_stats=report("results/report/split_stats.csv", caption="../report/split_stats.rst", category="Data",
-                           labels={"table": "split statistics"}),
-        verify=report("results/report/verify.csv", caption="../report/verify.rst", category="Environment",
-                      labels={"table": "environment checks"}),
-        eval_summary=report("results/report/eval_summary.csv", caption="../report/eval_summary.rst",
-                            category="Evaluation", labels={"table": "base vs tuned"}),
+        split_stats=report(
+            "results/report/split_stats.csv",
+            caption="../report/split_stats.rst",
+            category="Data",
+            labels={"table": "split statistics"},
+        ),
+        verify=report(
+            "results/report/verify.csv",
+            caption="../report/verify.rst",
+            category="Environment",
+            labels={"table": "environment checks"},
+        ),
+        eval_summary=report(
+            "results/report/eval_summary.csv",
+            caption="../report/eval_summary.rst",
+            category="Evaluation",
+            labels={"table": "base vs tuned"},
+        ),
     params:
         provenance=PROVENANCE,
     log:
@@ -55,8 +67,12 @@ rule parity_table:
     input:
         parity=expand("results/gguf/{specialist}.parity.json", specialist=SPECIALISTS),
     output:
-        parity=report("results/report/parity.csv", caption="../report/parity.rst", category="Export",
-                      labels={"table": "GGUF parity"}),
+        parity=report(
+            "results/report/parity.csv",
+            caption="../report/parity.rst",
+            category="Export",
+            labels={"table": "GGUF parity"},
+        ),
     params:
         provenance=PROVENANCE,
         specialists=SPECIALISTS,
@@ -66,8 +82,3 @@ rule parity_table:
         "../../envs/report.yaml"
     script:
         "../scripts/write_report_tables.py"
-
-
-ALL_TARGETS.extend(["results/report/split_stats.csv", "results/report/verify.csv", "results/report/eval_summary.csv"])
-if EXPORT["enabled"] and EXPORT["parity"]:
-    ALL_TARGETS.append("results/report/parity.csv")

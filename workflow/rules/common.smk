@@ -1,4 +1,6 @@
-# Helpers the rules ask (input functions, settings) and wildcard constraints. Logic lives in snaketune.
+# Helpers the rules ask (input functions, params, resources), the final targets and wildcard constraints.
+# The policy behind them lives in the snaketune package (config, targets).
+import glob
 import sys
 from pathlib import Path
 
@@ -8,11 +10,13 @@ from snaketune.config import (  # noqa: E402
     TINY_BASE_DIR,
     check_config,
     check_inputs,
+    eval_settings,
     fill_stage_defaults,
     load_schema,
     specialist_settings as _specialist_settings,
 )
-from snaketune.chat_template import prompt_tools_rendered  # noqa: E402
+from snaketune.targets import base_gguf_path, final_targets as _final_targets  # noqa: E402
+from snaketune.targets import lora_base_quant, modelfile_quant  # noqa: E402
 
 CONFIG_SCHEMA = str(Path(workflow.basedir) / "config" / "schemas" / "config.schema.yaml")
 # Name the file the user edits in error messages (the last --configfile wins over config/config.yaml).
@@ -27,35 +31,41 @@ SPECIALISTS = sorted(config["specialists"])
 # Where every step writes its provenance record, and the committed locks a record names (a param of each rule).
 PROVENANCE = {"records": "results/provenance", "locks": "envs/lock"}
 
-# Each stage's .smk appends the outputs `rule all` should build.
-ALL_TARGETS = []
-
 
 wildcard_constraints:
     specialist="|".join(SPECIALISTS),
     quant="f32|f16|q8_0",
 
 
-def specialist_settings(name):
-    """The specialist's settings over config['defaults'] (deep merge)."""
-    return _specialist_settings(config, name)
+def final_targets():
+    """Every result `rule all` builds; the audit checks the same list."""
+    return _final_targets(config)
 
 
-def eval_settings(name):
-    """What eval uses of a specialist: editing its training settings must not rerun its base eval,
-    except how prompts show the tools, which both evals render as training did."""
-    settings = specialist_settings(name)
-    return {**{key: settings[key] for key in ("name", "system_prompt", "focus_tools")},
-            "train": {"tools_rendered": prompt_tools_rendered(settings)}}
+# ---- environment
 
 
-def specialist_resources(name):
-    return specialist_settings(name)["resources"]
+def env_files():
+    """Every env file in envs/: the lock merges them all."""
+    return sorted(glob.glob("envs/*.yaml"))
+
+
+def user_data_paths():
+    """The data files the config names (not the demo, which the pipeline writes itself)."""
+    return [source["path"] for source in config["data"]["sources"]]
+
+
+def verify_gpus():
+    """verify holds a GPU only when it must find one."""
+    return 1 if config["verify"]["require_gpu"] else 0
+
+
+# ---- data
 
 
 def data_sources():
     """Raw JSONL files the data stage reads: the demo file (when enabled) and the configured ones."""
-    paths = [source["path"] for source in config["data"]["sources"]]
+    paths = user_data_paths()
     if config["data"]["demo"]["enabled"]:
         paths.insert(0, "results/data/raw/demo.jsonl")
     return paths
@@ -66,6 +76,14 @@ def source_formats():
     if config["data"]["demo"]["enabled"]:
         formats["results/data/raw/demo.jsonl"] = "chat"
     return formats
+
+
+def specialist_focus_tools():
+    """{specialist: focus tools}, for the data stage's coverage checks."""
+    return {name: list(config["specialists"][name].get("focus_tools") or []) for name in SPECIALISTS}
+
+
+# ---- base model and specialists
 
 
 def uses_tiny_base():
@@ -80,44 +98,66 @@ def base_model_input(wildcards=None):
     return []
 
 
-def specialist_focus_tools():
-    """{specialist: focus tools}, for the data stage's coverage checks."""
-    return {name: list(config["specialists"][name].get("focus_tools") or []) for name in SPECIALISTS}
+def specialist_settings(name):
+    """The specialist's settings over config['defaults'] (deep merge)."""
+    return _specialist_settings(config, name)
+
+
+def specialist_resources(name):
+    return specialist_settings(name)["resources"]
+
+
+def specialist_spec(wildcards):
+    """The specialist's merged settings, as train and parity get them."""
+    return specialist_settings(wildcards.specialist)
+
+
+def specialist_system_prompt(wildcards):
+    return specialist_settings(wildcards.specialist)["system_prompt"]
+
+
+def specialist_threads(wildcards):
+    return specialist_resources(wildcards.specialist)["threads"]
+
+
+def specialist_gpus(wildcards):
+    return specialist_resources(wildcards.specialist)["gpus"]
+
+
+def specialist_mem_mb(wildcards):
+    return specialist_resources(wildcards.specialist)["mem_mb"]
+
+
+def deepspeed_config(wildcards):
+    """The specialist's DeepSpeed config file, an input so that editing it retrains; none when unset."""
+    return specialist_settings(wildcards.specialist)["train"].get("deepspeed") or []
+
+
+# ---- eval
+
+
+def eval_spec(wildcards):
+    """What eval uses of the specialist (snaketune.config.eval_settings)."""
+    return eval_settings(config, wildcards.specialist)
+
+
+def eval_gpus(wildcards):
+    """Eval decodes on one device at most."""
+    return min(specialist_gpus(wildcards), 1)
 
 
 # ---- export: which GGUFs, and what parity compares
 
 EXPORT = config["export"]
 EXPORT_QUANTS = list(EXPORT["quants"])
-# The base GGUF that LoRA GGUFs apply to: the most precise configured type (parity holds it to that type's limits).
-LORA_BASE_QUANT = next(q for q in ("f32", "f16", "q8_0") if q in EXPORT_QUANTS)
-# Ollama runs the q8_0 file when there is one, else the most compact configured type.
-MODELFILE_QUANT = next(q for q in ("q8_0", "f16", "f32") if q in EXPORT_QUANTS)
-BASE_GGUF = f"results/gguf/base/base.{LORA_BASE_QUANT}.gguf"
+LORA_BASE_QUANT = lora_base_quant(EXPORT_QUANTS)
+MODELFILE_QUANT = modelfile_quant(EXPORT_QUANTS)
+BASE_GGUF = base_gguf_path(EXPORT_QUANTS)
 
 
-def export_settings(wildcards):
-    return specialist_settings(wildcards.specialist)
-
-
-def export_system_prompt(wildcards):
-    return export_settings(wildcards)["system_prompt"]
-
-
-def export_resources(wildcards):
-    return specialist_resources(wildcards.specialist)
-
-
-def export_threads(wildcards):
-    return export_resources(wildcards)["threads"]
-
-
-def merge_gpus(wildcards):
-    return export_resources(wildcards)["gpus"]
-
-
-def export_mem_mb(wildcards):
-    return export_resources(wildcards)["mem_mb"]
+def gguf_source(wildcards, input):
+    """The merged model the GGUF is converted from (its input, so a remote file system finds it)."""
+    return input.model
 
 
 def parity_inputs(wildcards):
@@ -125,8 +165,9 @@ def parity_inputs(wildcards):
     inputs = {
         "merged": f"results/merged/{wildcards.specialist}",
         "test": "results/data/test.jsonl",
-        "ggufs": expand("results/gguf/{specialist}.{quant}.gguf", specialist=wildcards.specialist,
-                        quant=EXPORT_QUANTS),
+        "ggufs": expand(
+            "results/gguf/{specialist}.{quant}.gguf", specialist=wildcards.specialist, quant=EXPORT_QUANTS
+        ),
     }
     if EXPORT["lora_gguf"]:
         inputs["lora"] = f"results/gguf/{wildcards.specialist}.lora.gguf"
@@ -157,3 +198,8 @@ def audit_expected_params(wildcards=None):
         except Exception as err:  # a rule or specialist the workflow no longer has
             expected[str(path)] = {"error": f"{type(err).__name__}: {err}".splitlines()[0][:300]}
     return expected
+
+
+def audit_strict():
+    """Snakemake's --config reads audit_strict=false as the string "false"."""
+    return config["audit_strict"] in (True, "true")

@@ -19,9 +19,8 @@ rule demo_dataset:
 
 rule prepare_data:
     input:
-        # Not results/env/verify.json: `all` runs verify first (it has no inputs to wait for) and a failed
-        # check stops the run, while a rerun of verify must not make the data stale. (An ancient() input
-        # here made Snakemake 9.27 drop this job from the DAG whenever verify had to rerun.)
+        # verify.json is no input: `all` runs verify first (it has no inputs) and a failed check stops the
+        # run, while rerunning verify must not make the data stale.
         sources=data_sources(),
     output:
         train="results/data/train.jsonl",
@@ -44,6 +43,3 @@ rule prepare_data:
         "../../envs/data.yaml"
     script:
         "../scripts/prepare_data.py"
-
-
-ALL_TARGETS.append("results/data/split_stats.json")

@@ -12,13 +12,13 @@ rule evaluate_base:
     params:
         config_path=CONFIG_PATH,
         provenance=PROVENANCE,
-        spec=lambda wc: eval_settings(wc.specialist),
+        spec=eval_spec,
         eval_cfg=config["eval"],
         base_cfg=config["base_model"],
     threads: 1
     resources:
-        gpu=lambda wc: min(specialist_resources(wc.specialist)["gpus"], 1),
-        mem_mb=lambda wc: specialist_resources(wc.specialist)["mem_mb"],
+        gpu=eval_gpus,
+        mem_mb=specialist_mem_mb,
     log:
         "logs/eval/base/{specialist}.log",
     benchmark:
@@ -29,7 +29,8 @@ rule evaluate_base:
         "../scripts/evaluate_model.py"
 
 
-rule evaluate_tuned:
+# The same eval with the specialist's adapter on the base.
+use rule evaluate_base as evaluate_tuned with:
     input:
         base=base_model_input(),
         adapter="results/adapters/{specialist}",
@@ -38,24 +39,10 @@ rule evaluate_tuned:
         result="results/eval/tuned/{specialist}.json",
         generations="results/eval/tuned/{specialist}.generations.jsonl",
         timing="results/eval/tuned/{specialist}.timing.json",
-    params:
-        config_path=CONFIG_PATH,
-        provenance=PROVENANCE,
-        spec=lambda wc: eval_settings(wc.specialist),
-        eval_cfg=config["eval"],
-        base_cfg=config["base_model"],
-    threads: 1
-    resources:
-        gpu=lambda wc: min(specialist_resources(wc.specialist)["gpus"], 1),
-        mem_mb=lambda wc: specialist_resources(wc.specialist)["mem_mb"],
     log:
         "logs/eval/tuned/{specialist}.log",
     benchmark:
         "benchmarks/eval/tuned/{specialist}.tsv"
-    conda:
-        "../../envs/eval.yaml"
-    script:
-        "../scripts/evaluate_model.py"
 
 
 rule eval_summary:
@@ -74,6 +61,3 @@ rule eval_summary:
         "../../envs/eval.yaml"
     script:
         "../scripts/summarise_eval.py"
-
-
-ALL_TARGETS.append("results/eval/summary.md")

@@ -1,6 +1,7 @@
 # Export stage: merged checkpoint, GGUF files (model and LoRA), parity in llama.cpp, Ollama Modelfile.
 # Logic lives in snaketune.merge, snaketune.gguf_export, snaketune.parity and snaketune.modelfile.
 
+
 rule merge:
     input:
         adapter="results/adapters/{specialist}",
@@ -11,10 +12,10 @@ rule merge:
         config_path=CONFIG_PATH,
         provenance=PROVENANCE,
         base_model=config["base_model"],
-    threads: export_threads
+    threads: specialist_threads
     resources:
-        gpu=merge_gpus,
-        mem_mb=export_mem_mb,
+        gpu=specialist_gpus,
+        mem_mb=specialist_mem_mb,
     log:
         "logs/export/merge/{specialist}.log",
     benchmark:
@@ -32,14 +33,14 @@ rule gguf:
         "results/gguf/{specialist}.{quant}.gguf",
     params:
         provenance=PROVENANCE,
-        source=lambda wildcards, input: input.model,
+        source=gguf_source,
         revision=None,
         name="{specialist}",
         untie=False,
         template="model",
     threads: 1
     resources:
-        mem_mb=export_mem_mb,
+        mem_mb=specialist_mem_mb,
     log:
         "logs/export/gguf/{specialist}.{quant}.log",
     benchmark:
@@ -90,7 +91,7 @@ rule lora_gguf:
         base_model=config["base_model"],
     threads: 1
     resources:
-        mem_mb=export_mem_mb,
+        mem_mb=specialist_mem_mb,
     log:
         "logs/export/lora_gguf/{specialist}.log",
     benchmark:
@@ -108,13 +109,13 @@ rule gguf_parity:
         "results/gguf/{specialist}.parity.json",
     params:
         provenance=PROVENANCE,
-        settings=export_settings,
+        settings=specialist_spec,
         quants=EXPORT_QUANTS,
         base_quant=LORA_BASE_QUANT,
         prompts=EXPORT["parity_prompts"],
-    threads: export_threads
+    threads: specialist_threads
     resources:
-        mem_mb=export_mem_mb,
+        mem_mb=specialist_mem_mb,
     log:
         "logs/export/gguf_parity/{specialist}.log",
     benchmark:
@@ -133,7 +134,7 @@ rule modelfile:
         "results/gguf/{specialist}.Modelfile",
     params:
         provenance=PROVENANCE,
-        system_prompt=export_system_prompt,
+        system_prompt=specialist_system_prompt,
         name="{specialist}",
     log:
         "logs/export/modelfile/{specialist}.log",
@@ -141,13 +142,3 @@ rule modelfile:
         "../../envs/export.yaml"
     script:
         "../scripts/write_modelfile.py"
-
-
-if EXPORT["enabled"]:
-    ALL_TARGETS.extend(expand("results/gguf/{specialist}.{quant}.gguf", specialist=SPECIALISTS, quant=EXPORT_QUANTS))
-    ALL_TARGETS.extend(expand("results/gguf/{specialist}.Modelfile", specialist=SPECIALISTS))
-    if EXPORT["lora_gguf"]:
-        ALL_TARGETS.extend(expand("results/gguf/{specialist}.lora.gguf", specialist=SPECIALISTS))
-        ALL_TARGETS.append(BASE_GGUF)
-    if EXPORT["parity"]:
-        ALL_TARGETS.extend(expand("results/gguf/{specialist}.parity.json", specialist=SPECIALISTS))

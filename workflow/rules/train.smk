@@ -29,8 +29,7 @@ rule train:
         base=base_model_input,
         train="results/data/train.jsonl",
         val="results/data/val.jsonl",
-        # A DeepSpeed config is an input: editing it retrains.
-        deepspeed=lambda wc: specialist_settings(wc.specialist)["train"].get("deepspeed") or [],
+        deepspeed=deepspeed_config,
     output:
         adapter=report(
             directory("results/adapters/{specialist}"),
@@ -44,13 +43,13 @@ rule train:
     params:
         config_path=CONFIG_PATH,
         provenance=PROVENANCE,
-        settings=lambda wc: specialist_settings(wc.specialist),
+        settings=specialist_spec,
         base_model=config["base_model"],
-        checkpoints=lambda wc: f"results/checkpoints/{wc.specialist}",
-    threads: lambda wc: specialist_resources(wc.specialist)["threads"]
+        checkpoints="results/checkpoints/{specialist}",
+    threads: specialist_threads
     resources:
-        gpu=lambda wc: specialist_resources(wc.specialist)["gpus"],
-        mem_mb=lambda wc: specialist_resources(wc.specialist)["mem_mb"],
+        gpu=specialist_gpus,
+        mem_mb=specialist_mem_mb,
     log:
         "logs/train/{specialist}.log",
     benchmark:
@@ -59,6 +58,3 @@ rule train:
         "../../envs/train.yaml"
     script:
         "../scripts/train_adapter.py"
-
-
-ALL_TARGETS.extend(expand("results/adapters/{specialist}", specialist=SPECIALISTS))

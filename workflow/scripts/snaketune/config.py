@@ -13,7 +13,7 @@ from .errors import SnaketuneError, field_path
 
 __all__ = [
     "TINY_BASE_DIR", "load_schema", "check_config", "deep_merge", "fill_stage_defaults",
-    "specialist_settings", "check_inputs"
+    "specialist_settings", "eval_settings", "check_inputs",
 ]
 
 SPECIALIST_NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
@@ -130,6 +130,17 @@ def specialist_settings(config: dict, name: str) -> dict:
     merged["system_prompt"] = spec.get("system_prompt", "")
     merged["focus_tools"] = list(spec.get("focus_tools", []))
     return merged
+
+
+def eval_settings(config: dict, name: str) -> dict:
+    """What eval uses of a specialist's settings: its name, system prompt and focus tools, and how prompts
+    show the tools (as training did, ``chat_template.prompt_tools_rendered``). Nothing else, so that editing
+    the specialist's other training settings does not rerun its base eval."""
+    from .chat_template import prompt_tools_rendered
+
+    settings = specialist_settings(config, name)
+    return {**{key: settings[key] for key in ("name", "system_prompt", "focus_tools")},
+            "train": {"tools_rendered": prompt_tools_rendered(settings)}}
 
 
 def check_inputs(config: dict, config_path: str) -> None:
