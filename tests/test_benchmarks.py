@@ -169,3 +169,174 @@ def test_fetch_wheel_refuses_a_wrong_hash(tmp_path, bfcl_wheel):
 def test_unsupported_category_is_refused(bfcl_wheel):
     with pytest.raises(SnaketuneError, match="not supported"):
         read_category(bfcl_wheel, "simple_java")
+
+
+# ---------------------------------------------------------------- the stage's functions
+
+from snaketune.benchmarks import (  # noqa: E402
+    benchmark_table,
+    category_of,
+    evaluate_benchmarks,
+    prepare_benchmark,
+    sample_indices,
+    summarise_benchmarks,
+    validate_benchmark_result,
+)
+from snaketune.files import read_json, read_jsonl  # noqa: E402
+
+
+def test_benchmark_names_are_bfcl_categories():
+    assert category_of("bfcl_simple_python") == "simple_python"
+    assert category_of("bfcl_live_parallel_multiple") == "live_parallel_multiple"
+    for bad in ("bfcl_simple", "simple_python", "bfcl_simple_java"):
+        with pytest.raises(SnaketuneError, match="not a known benchmark"):
+            category_of(bad)
+
+
+def test_sample_is_seeded_and_in_file_order():
+    a = sample_indices(400, 5, 0, "simple_python")
+    assert a == sample_indices(400, 5, 0, "simple_python") == sorted(a) and len(set(a)) == 5
+    assert a != sample_indices(400, 5, 1, "simple_python")
+    assert a != sample_indices(400, 5, 0, "multiple")
+    assert sample_indices(3, 5, 0, "x") == sample_indices(3, None, 0, "x") == [0, 1, 2]
+
+
+def test_prepare_benchmark_records_n_and_sampling(tmp_path, bfcl_wheel):
+    stats = prepare_benchmark(bfcl_wheel, "bfcl_parallel", tmp_path / "p.jsonl", tmp_path / "p.json",
+                              max_rows=4, seed=3)
+    rows = read_jsonl(tmp_path / "p.jsonl")
+    assert read_json(tmp_path / "p.json") == stats
+    assert stats["n"] == 4 and stats["n_available"] == 200 and stats["sampled"] is True
+    assert stats["leaderboard_column"] == "Non-Live Parallel AST" and stats["category"] == "parallel"
+    assert stats["wheel_sha256"] == BFCL_WHEEL_SHA256 and stats["type_mappings"]["dict->object"] >= 4
+    expected = [f"parallel_{i}" for i in sample_indices(200, 4, 3, "parallel")]
+    assert [r["id"] for r in rows] == expected and all(r["kind"] == "tool" for r in rows)
+    full = prepare_benchmark(bfcl_wheel, "bfcl_multiple", tmp_path / "m.jsonl", tmp_path / "m.json")
+    assert full["n"] == full["n_available"] == 200 and full["sampled"] is False
+
+
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory):
+    from snaketune.data import normalise_row
+    from snaketune.demo import generate_demo_rows
+    from snaketune.files import write_jsonl
+    from snaketune.modeling import build_tiny_base
+
+    tmp = tmp_path_factory.mktemp("tiny")
+    write_jsonl(tmp / "train.jsonl", [normalise_row(r) for r in generate_demo_rows(40, seed=3)])
+    build_tiny_base(tmp / "train.jsonl", tmp / "base",
+                    {"architecture": "qwen2", "vocab_size": 512, "hidden_size": 32, "intermediate_size": 64,
+                     "num_layers": 1, "num_heads": 2, "num_kv_heads": 1, "seed": 1})
+    return {"name_or_path": str(tmp / "base")}
+
+
+def test_evaluate_and_summarise_benchmarks(tmp_path, bfcl_wheel, tiny_base):
+    """One model on two categories (2 rows each), scored with bfcl scoring; base vs tuned side by side."""
+    from snaketune.evaluation import rescore_generations
+
+    rows_paths, stats_paths = {}, {}
+    for benchmark in ("bfcl_simple_python", "bfcl_parallel_multiple"):
+        rows_paths[benchmark] = tmp_path / f"{benchmark}.jsonl"
+        stats_paths[benchmark] = tmp_path / f"{benchmark}.json"
+        prepare_benchmark(bfcl_wheel, benchmark, rows_paths[benchmark], stats_paths[benchmark], max_rows=2)
+    settings = {"name": "runner", "system_prompt": "Call the tools."}
+    eval_cfg = {"batch_size": 4, "max_new_tokens": 8}
+    result = evaluate_benchmarks(base_cfg=tiny_base, rows_paths=rows_paths, settings=settings, eval_cfg=eval_cfg,
+                                 out_json=tmp_path / "base.json", out_generations=tmp_path / "base.gen.jsonl",
+                                 threads=1, progress=False)
+    assert read_json(tmp_path / "base.json") == result
+    assert result["scoring"] == "bfcl" and result["model"] == "base"
+    assert set(result["categories"]) == {"simple_python", "parallel_multiple"}
+    for category, c in result["categories"].items():
+        assert c["n"] == 2 and c["metrics"]["n"] == 2 and 0 <= c["metrics"]["ast_accuracy"] <= 1
+        assert set(c["metrics"]["per_category"]) == {category}
+        assert c["metrics"]["answers"] == {"possible_answer": 2}
+    records = read_jsonl(tmp_path / "base.gen.jsonl")
+    assert len(records) == 4 and {r["benchmark"] for r in records} == set(rows_paths)
+    # the checker sees BFCL's raw docs (types as BFCL gives them)
+    assert all(r["bfcl_case"]["functions"][0]["parameters"]["type"] == "dict" for r in records)
+    # generations rescore to the same numbers (bfcl scoring)
+    simple = [r for r in records if r["benchmark"] == "bfcl_simple_python"]
+    from snaketune.files import write_jsonl
+
+    write_jsonl(tmp_path / "simple.jsonl", simple)
+    again = rescore_generations(tmp_path / "simple.jsonl", {}, scoring="bfcl")["tool"]
+    assert again == result["categories"]["simple_python"]["metrics"]
+
+    # a "tuned" result that got every simple_python row right: the summary sets them side by side
+    tuned = json.loads(json.dumps(result))
+    tuned["model"], tuned["hashes"]["adapter"] = "tuned", "sha256:" + "a" * 64
+    tuned["categories"]["simple_python"]["metrics"]["ast_accuracy"] = 1.0
+    (tmp_path / "tuned.json").write_text(json.dumps(tuned))
+    summary = summarise_benchmarks(tmp_path / "base.json", tmp_path / "tuned.json", stats_paths, tmp_path / "s.json")
+    simple_py = summary["categories"]["simple_python"]
+    base_acc = result["categories"]["simple_python"]["metrics"]["ast_accuracy"]
+    assert simple_py["ast_accuracy"] == {"base": base_acc, "tuned": 1.0, "delta": 1.0 - base_acc}
+    assert (simple_py["n"], simple_py["n_available"], simple_py["sampled"]) == (2, 400, True)
+    assert simple_py["leaderboard_column"] == "Python Simple AST (non-live table)"
+    assert summary["wheel_sha256"] == BFCL_WHEEL_SHA256 and summary["system_prompt"] == "Call the tools."
+    lines = benchmark_table([summary])
+    assert any(line.startswith("| runner | simple_python | Python Simple AST (non-live table) | 2 of 400 (sample) | ")
+               for line in lines)
+    assert sum(line.startswith("| runner |") for line in lines) == 2
+
+
+def test_benchmark_schema_refuses_a_broken_result():
+    bad = {"specialist": "x", "model": "base", "scoring": "bfcl", "categories": {"simple_java": {}},
+           "generation": {}, "hashes": {}}
+    with pytest.raises(RuntimeError, match="benchmark_result"):
+        validate_benchmark_result(bad, "model_result")
+
+
+def test_benchmark_prompt_shows_full_json_schema_and_system_prompt():
+    from snaketune.benchmarks import prompt_settings
+    from snaketune.chat_template import apply_template, split_prompt, specialist_chat
+
+    row, _ = convert_case(QUESTION, ANSWER)
+    settings = prompt_settings({"name": "runner", "system_prompt": "Call the tools.",
+                                "train": {"tools_rendered": "compact"}})
+    messages, tools = specialist_chat({"id": "x", "kind": "tool", **row}, settings)
+    text = apply_template(None, split_prompt(messages)[0], tools, add_generation_prompt=True)
+    assert text.startswith("<|im_start|>system\nCall the tools.")
+    assert '"type": "object"' in text and '"dict"' not in text
+    assert '"description": "Filters."' in text and '"default": 0' in text  # not the compact rendering
+    assert "StudentDB" not in text  # nor the answer
+
+
+# ---------------------------------------------------------------- end to end on the tiny pipeline
+
+def test_benchmarks_end_to_end(tmp_path, bfcl_wheel):
+    """The tiny pipeline with four BFCL categories capped at 3 rows: the benchmark JSON, summary.md's
+    table and the report CSV; the wheel's hash in the provenance record."""
+    from pipeline import DEMO_SPECIALISTS, run_pipeline, tiny_config
+
+    name = "veran-tools"
+    benchmarks = ["bfcl_simple_python", "bfcl_multiple", "bfcl_parallel", "bfcl_parallel_multiple"]
+    config = tiny_config({name: DEMO_SPECIALISTS[name]},
+                         eval_cfg={"benchmarks": benchmarks, "benchmark_max_rows": 3, "bfcl_wheel": str(bfcl_wheel)})
+    work = run_pipeline(tmp_path / "w", config, targets=["results/eval/summary.md", "results/report/bfcl.csv"])
+    result = read_json(work / f"results/eval/benchmarks/{name}.json")
+    assert result["specialist"] == name and result["scoring"] == "bfcl"
+    assert result["wheel_sha256"] == BFCL_WHEEL_SHA256 and result["adapter"].startswith("sha256:")
+    assert set(result["categories"]) == {"simple_python", "multiple", "parallel", "parallel_multiple"}
+    for category, c in result["categories"].items():
+        assert (c["n"], c["sampled"]) == (3, True) and c["n_available"] in (200, 400)
+        for model in ("base", "tuned"):
+            m = c["metrics"][model]
+            assert m["n"] == 3 and 0 <= m["ast_accuracy"] <= 1 and m["per_category"][category]["n"] == 3
+        acc = c["ast_accuracy"]
+        assert acc["delta"] == pytest.approx(acc["tuned"] - acc["base"])
+        assert acc["base"] == c["metrics"]["base"]["ast_accuracy"]
+    for model in ("base", "tuned"):
+        records = read_jsonl(work / f"results/eval/benchmarks/{model}/{name}.generations.jsonl")
+        assert len(records) == 12 and sum(r["verdict"]["ast_valid"] for r in records) == round(
+            sum(3 * c["metrics"][model]["ast_accuracy"] for c in result["categories"].values()))
+    md = (work / "results/eval/summary.md").read_text()
+    assert "## BFCL (Berkeley Function Calling Leaderboard)" in md
+    rows = [line for line in md.splitlines() if line.startswith(f"| {name} | ") and "AST" in line]
+    assert [row.split(" | ")[1] for row in rows] == ["simple_python", "multiple", "parallel", "parallel_multiple"]
+    assert "| 3 of 400 (sample) |" in md and "| 3 of 200 (sample) |" in md
+    csv_text = (work / "results/report/bfcl.csv").read_text()
+    assert len(csv_text.strip().splitlines()) == 5 and "Non-Live Parallel Multiple AST" in csv_text
+    record = read_json(work / "results/provenance/bfcl_wheel/all.json")
+    assert [o["sha256"] for o in record["outputs"]] == [BFCL_WHEEL_SHA256]

@@ -155,3 +155,42 @@ def audit_expected_params(wildcards=None):
         except Exception as err:  # a rule or specialist the workflow no longer has
             expected[str(path)] = {"error": f"{type(err).__name__}: {err}".splitlines()[0][:300]}
     return expected
+
+
+# ---- benchmarks (BFCL categories as eval targets; off while eval.benchmarks is empty)
+
+from snaketune.bfcl import BFCL_VERSION, BFCL_WHEEL_SHA256  # noqa: E402
+
+BENCHMARKS = list(config["eval"]["benchmarks"])
+BFCL_WHEEL = f"results/benchmarks/bfcl_eval-{BFCL_VERSION}-py3-none-any.whl"
+# eval keys only the benchmark stage reads: changing them must not rerun the test-set evals
+BENCHMARK_ONLY_EVAL_KEYS = ("benchmarks", "benchmark_max_rows", "benchmark_seed", "bfcl_wheel")
+
+
+def eval_params():
+    """config['eval'] as the test-set eval rules take it (without the benchmark stage's keys)."""
+    return {k: v for k, v in config["eval"].items() if k not in BENCHMARK_ONLY_EVAL_KEYS}
+
+
+def benchmark_eval_params():
+    """What benchmark scoring takes of config['eval']: decoding only (scoring is always bfcl there)."""
+    return {k: config["eval"][k] for k in ("batch_size", "max_new_tokens")}
+
+
+def benchmark_settings(wildcards):
+    """A specialist as benchmark prompts show it: its system prompt; every tool in full (not its training
+    rendering), so editing its training settings reruns only its tuned benchmark eval (new adapter)."""
+    return {"name": wildcards.specialist, "system_prompt": specialist_settings(wildcards.specialist)["system_prompt"]}
+
+
+def benchmark_gpus(wildcards):
+    return min(specialist_resources(wildcards.specialist)["gpus"], 1)
+
+
+def benchmark_mem_mb(wildcards):
+    return specialist_resources(wildcards.specialist)["mem_mb"]
+
+
+def benchmark_results(wildcards=None):
+    """results/eval/benchmarks/{specialist}.json for every specialist ([] while no benchmark is configured)."""
+    return expand("results/eval/benchmarks/{specialist}.json", specialist=SPECIALISTS) if BENCHMARKS else []

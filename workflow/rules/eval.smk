@@ -11,7 +11,7 @@ rule evaluate_base:
         timing="results/eval/base/{specialist}.timing.json",
     params:
         spec=lambda wc: eval_settings(wc.specialist),
-        eval_cfg=config["eval"],
+        eval_cfg=eval_params(),
         base_cfg=config["base_model"],
     threads: 1
     resources:
@@ -38,7 +38,7 @@ rule evaluate_tuned:
         timing="results/eval/tuned/{specialist}.timing.json",
     params:
         spec=lambda wc: eval_settings(wc.specialist),
-        eval_cfg=config["eval"],
+        eval_cfg=eval_params(),
         base_cfg=config["base_model"],
     threads: 1
     resources:
@@ -58,6 +58,7 @@ rule eval_summary:
     input:
         base=expand("results/eval/base/{specialist}.json", specialist=SPECIALISTS),
         tuned=expand("results/eval/tuned/{specialist}.json", specialist=SPECIALISTS),
+        benchmarks=benchmark_results,
     output:
         json="results/eval/summary.json",
         md="results/eval/summary.md",

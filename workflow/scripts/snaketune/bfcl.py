@@ -44,6 +44,26 @@ PYTHON_AST_CATEGORIES = (
     "live_simple", "live_multiple", "live_parallel", "live_parallel_multiple",
 )
 
+# BFCL v4 category -> the column of the public leaderboard (its overall table; simple_python's own
+# number is only in the non-live table, the overall "Non-Live Simple AST" also averages Java and JS).
+LEADERBOARD_COLUMNS = {
+    "simple_python": "Python Simple AST (non-live table)",
+    "multiple": "Non-Live Multiple AST",
+    "parallel": "Non-Live Parallel AST",
+    "parallel_multiple": "Non-Live Parallel Multiple AST",
+    "live_simple": "Live Simple AST",
+    "live_multiple": "Live Multiple AST",
+    "live_parallel": "Live Parallel AST",
+    "live_parallel_multiple": "Live Parallel Multiple AST",
+}
+
+
+def in_leaderboard_order(categories: dict) -> list[tuple[str, dict]]:
+    """{category: ...} items in the leaderboard's column order (JSON files keep them sorted by name)."""
+    order = list(LEADERBOARD_COLUMNS)
+    return sorted(categories.items(), key=lambda item: order.index(item[0]) if item[0] in order else len(order))
+
+
 # BFCL's Python-style parameter types -> JSON Schema types (None: no "type", any value).
 TYPE_MAP = {
     "dict": "object", "float": "number", "tuple": "array", "any": None,

@@ -83,6 +83,22 @@ def parity_rows(reports: dict) -> list[list[str]]:
     return rows
 
 
+def bfcl_rows(summaries: list[dict]) -> list[list[str]]:
+    """One row per specialist and BFCL category: n (of how many; sample?), AST accuracy base → tuned."""
+    rows = [["specialist", "BFCL category", "leaderboard column", "n", "of", "sampled", "AST accuracy base",
+             "AST accuracy tuned", "delta", "tool accuracy tuned", "param F1 tuned"]]
+    from .bfcl import in_leaderboard_order
+
+    for summary in summaries:
+        for category, c in in_leaderboard_order(summary["categories"]):
+            acc, tuned = c["ast_accuracy"], c["metrics"]["tuned"]
+            rows.append([summary["specialist"], category, c["leaderboard_column"], str(c["n"]), str(c["n_available"]),
+                         _num(c["sampled"]), _num(acc["base"]), _num(acc["tuned"]),
+                         ("+" if acc["delta"] >= 0 else "") + _num(acc["delta"]), _num(tuned.get("tool_accuracy")),
+                         _num(tuned.get("param_f1"))])
+    return rows
+
+
 def rst_safe(text: str) -> str:
     """A cell that docutils' csv-table shows as written (it parses cells as reStructuredText)."""
     text = re.sub(r"([\\*`|])", r"\\\1", str(text))
@@ -104,13 +120,16 @@ TABLES = {
 
 
 def write_report_tables(inputs: dict, outputs: dict, specialists=()) -> None:
-    """The `report_tables` / `parity_table` rules: one CSV per output, named like its input.
+    """The `report_tables` / `parity_table` / `benchmark_table` rules: one CSV per output, named like its input.
 
-    ``inputs`` / ``outputs``: table name -> path; ``parity`` takes one parity JSON per specialist.
+    ``inputs`` / ``outputs``: table name -> path; ``parity`` takes one parity JSON per specialist, ``bfcl``
+    one benchmark JSON per specialist.
     """
     for name, out in outputs.items():
         if name == "parity":
             rows = parity_rows({spec: read_json(p) for spec, p in zip(specialists, inputs["parity"])})
+        elif name == "bfcl":
+            rows = bfcl_rows([read_json(p) for p in inputs["bfcl"]])
         else:
             rows = TABLES[name](inputs[name])
         write_csv(out, rows)
