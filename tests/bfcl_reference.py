@@ -60,9 +60,12 @@ class Reference:
 
     def language(self, category: str):
         lang = self.enums.Language
-        return lang.JAVASCRIPT if "javascript" in category else lang.JAVA if "java" in category else lang.PYTHON
+        if "javascript" in category:
+            return lang.JAVASCRIPT
+        return lang.JAVA if "java" in category else lang.PYTHON
 
-    def check(self, category: str, functions: list, ground_truth: list, output, model_name="snaketune") -> dict:
+    def check(self, category: str, functions: list, ground_truth: list, output,
+              model_name: str = "snaketune") -> dict:
         """BFCL's verdict for a decoded output, as eval_runner gets it (its shape test first)."""
         if not (isinstance(output, list) and all(type(c) is dict and len(c) == 1
                                                  and type(next(iter(c.values()))) is dict for c in output)):
@@ -93,14 +96,15 @@ def load_reference(wheel) -> Reference:
             mod.__file__ = f"{wheel}/{name.replace('.', '/')}.py"
             mod.__package__ = name.rpartition(".")[0]
             sys.modules[name] = mod
-            exec(compile(sources[name], mod.__file__, "exec"), mod.__dict__)  # BFCL's code, from the pinned wheel
+            # BFCL's own code, from the wheel whose sha256 the bfcl_wheel fixture checked
+            exec(compile(sources[name], mod.__file__, "exec"), mod.__dict__)  # noqa: S102
             loaded[name] = mod
     finally:
         for key in [k for k in sys.modules if k == "bfcl_eval" or k.startswith("bfcl_eval.")]:
             del sys.modules[key]
         sys.modules.update(saved)
-    return Reference(loaded["bfcl_eval.eval_checker.ast_eval.ast_checker"], loaded["bfcl_eval.constants.enums"],
-                     flags)
+    return Reference(loaded["bfcl_eval.eval_checker.ast_eval.ast_checker"],
+                     loaded["bfcl_eval.constants.enums"], flags)
 
 
 if __name__ == "__main__":

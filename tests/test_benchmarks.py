@@ -1,4 +1,4 @@
-"""BFCL as an eval target: the converter (BFCL rows -> canonical chat rows), the wheel, the benchmark stage."""
+"""BFCL as an eval target: the converter (BFCL rows -> canonical chat rows), the wheel, the stage."""
 
 import json
 from collections import Counter
@@ -6,6 +6,16 @@ from collections import Counter
 import jsonschema
 import pytest
 
+from snaketune.benchmarks import (
+    benchmark_table,
+    category_of,
+    evaluate_benchmarks,
+    prepare_benchmark,
+    prompt_settings,
+    sample_indices,
+    summarise_benchmarks,
+    validate_benchmark_result,
+)
 from snaketune.bfcl import (
     BFCL_WHEEL_SHA256,
     convert_case,
@@ -14,8 +24,10 @@ from snaketune.bfcl import (
     read_category,
     to_json_schema,
 )
+from snaketune.chat_template import apply_template, specialist_chat, split_prompt
 from snaketune.errors import SnaketuneError
-from snaketune.files import sha256_file
+from snaketune.evaluation import rescore_generations
+from snaketune.files import read_json, read_jsonl, sha256_file, write_jsonl
 
 # simple_python_89-like: a dict parameter with nested properties, an optional string, alternatives
 QUESTION = {
@@ -70,11 +82,13 @@ def test_convert_case_row_shape():
 
 def test_parameter_whose_only_value_is_optional_marker_is_omitted():
     answer = {"id": "simple_python_89", "ground_truth": [{"db_fetch_records": {
-        "database_name": ["StudentDB"], "table_name": ["", "students"], "conditions": [{"department": ["Science"]}],
+        "database_name": ["StudentDB"], "table_name": ["", "students"],
+        "conditions": [{"department": ["Science"]}],
         "fetch_limit": [""]}}]}
     row, _ = convert_case(QUESTION, answer)
     args = json.loads(row["messages"][-1]["tool_calls"][0]["function"]["arguments"])
-    assert args == {"database_name": "StudentDB", "table_name": "students", "conditions": {"department": "Science"}}
+    assert args == {"database_name": "StudentDB", "table_name": "students",
+                    "conditions": {"department": "Science"}}
     assert list(args) == ["database_name", "table_name", "conditions"]  # the answer's order
 
 
@@ -123,11 +137,13 @@ def test_list_of_dicts_answer_is_made_concrete():
     assert row["bfcl"]["category"] == "parallel"
     calls = [json.loads(c["function"]["arguments"]) for c in row["messages"][-1]["tool_calls"]]
     assert calls == [{"items": [{"a": "x", "b": 1}, {"a": "y"}]}, {"items": []}]
-    assert [p["arguments"] for p in row["possible_answer"]] == [next(iter(a.values())) for a in answer["ground_truth"]]
+    expected = [next(iter(a.values())) for a in answer["ground_truth"]]
+    assert [p["arguments"] for p in row["possible_answer"]] == expected
 
 
 def test_system_turns_are_kept_and_mismatched_answer_refused():
-    question = {**QUESTION, "question": [[{"role": "system", "content": "sys"}, {"role": "user", "content": "u"}]]}
+    turn = [{"role": "system", "content": "sys"}, {"role": "user", "content": "u"}]
+    question = {**QUESTION, "question": [turn]}
     row, _ = convert_case(question, ANSWER)
     assert [m["role"] for m in row["messages"]] == ["system", "user", "assistant"]
     with pytest.raises(SnaketuneError, match="no matching possible answer"):
@@ -173,17 +189,6 @@ def test_unsupported_category_is_refused(bfcl_wheel):
 
 # ---------------------------------------------------------------- the stage's functions
 
-from snaketune.benchmarks import (  # noqa: E402
-    benchmark_table,
-    category_of,
-    evaluate_benchmarks,
-    prepare_benchmark,
-    sample_indices,
-    summarise_benchmarks,
-    validate_benchmark_result,
-)
-from snaketune.files import read_json, read_jsonl  # noqa: E402
-
 
 def test_benchmark_names_are_bfcl_categories():
     assert category_of("bfcl_simple_python") == "simple_python"
@@ -219,7 +224,6 @@ def test_prepare_benchmark_records_n_and_sampling(tmp_path, bfcl_wheel):
 def tiny_base(tmp_path_factory):
     from snaketune.data import normalise_row
     from snaketune.demo import generate_demo_rows
-    from snaketune.files import write_jsonl
     from snaketune.modeling import build_tiny_base
 
     tmp = tmp_path_factory.mktemp("tiny")
@@ -232,8 +236,6 @@ def tiny_base(tmp_path_factory):
 
 def test_evaluate_and_summarise_benchmarks(tmp_path, bfcl_wheel, tiny_base):
     """One model on two categories (2 rows each), scored with bfcl scoring; base vs tuned side by side."""
-    from snaketune.evaluation import rescore_generations
-
     rows_paths, stats_paths = {}, {}
     for benchmark in ("bfcl_simple_python", "bfcl_parallel_multiple"):
         rows_paths[benchmark] = tmp_path / f"{benchmark}.jsonl"
@@ -241,7 +243,8 @@ def test_evaluate_and_summarise_benchmarks(tmp_path, bfcl_wheel, tiny_base):
         prepare_benchmark(bfcl_wheel, benchmark, rows_paths[benchmark], stats_paths[benchmark], max_rows=2)
     settings = {"name": "runner", "system_prompt": "Call the tools."}
     eval_cfg = {"batch_size": 4, "max_new_tokens": 8}
-    result = evaluate_benchmarks(base_cfg=tiny_base, rows_paths=rows_paths, settings=settings, eval_cfg=eval_cfg,
+    result = evaluate_benchmarks(base_cfg=tiny_base, rows_paths=rows_paths, settings=settings,
+                                 eval_cfg=eval_cfg,
                                  out_json=tmp_path / "base.json", out_generations=tmp_path / "base.gen.jsonl",
                                  threads=1, progress=False)
     assert read_json(tmp_path / "base.json") == result
@@ -257,8 +260,6 @@ def test_evaluate_and_summarise_benchmarks(tmp_path, bfcl_wheel, tiny_base):
     assert all(r["bfcl_case"]["functions"][0]["parameters"]["type"] == "dict" for r in records)
     # generations rescore to the same numbers (bfcl scoring)
     simple = [r for r in records if r["benchmark"] == "bfcl_simple_python"]
-    from snaketune.files import write_jsonl
-
     write_jsonl(tmp_path / "simple.jsonl", simple)
     again = rescore_generations(tmp_path / "simple.jsonl", {}, scoring="bfcl")["tool"]
     assert again == result["categories"]["simple_python"]["metrics"]
@@ -268,7 +269,8 @@ def test_evaluate_and_summarise_benchmarks(tmp_path, bfcl_wheel, tiny_base):
     tuned["model"], tuned["hashes"]["adapter"] = "tuned", "sha256:" + "a" * 64
     tuned["categories"]["simple_python"]["metrics"]["ast_accuracy"] = 1.0
     (tmp_path / "tuned.json").write_text(json.dumps(tuned))
-    summary = summarise_benchmarks(tmp_path / "base.json", tmp_path / "tuned.json", stats_paths, tmp_path / "s.json")
+    summary = summarise_benchmarks(tmp_path / "base.json", tmp_path / "tuned.json", stats_paths,
+                                   tmp_path / "s.json")
     simple_py = summary["categories"]["simple_python"]
     base_acc = result["categories"]["simple_python"]["metrics"]["ast_accuracy"]
     assert simple_py["ast_accuracy"] == {"base": base_acc, "tuned": 1.0, "delta": 1.0 - base_acc}
@@ -276,8 +278,8 @@ def test_evaluate_and_summarise_benchmarks(tmp_path, bfcl_wheel, tiny_base):
     assert simple_py["leaderboard_column"] == "Python Simple AST (non-live table)"
     assert summary["wheel_sha256"] == BFCL_WHEEL_SHA256 and summary["system_prompt"] == "Call the tools."
     lines = benchmark_table([summary])
-    assert any(line.startswith("| runner | simple_python | Python Simple AST (non-live table) | 2 of 400 (sample) | ")
-               for line in lines)
+    start = "| runner | simple_python | Python Simple AST (non-live table) | 2 of 400 (sample) | "
+    assert any(line.startswith(start) for line in lines)
     assert sum(line.startswith("| runner |") for line in lines) == 2
 
 
@@ -289,9 +291,6 @@ def test_benchmark_schema_refuses_a_broken_result():
 
 
 def test_benchmark_prompt_shows_full_json_schema_and_system_prompt():
-    from snaketune.benchmarks import prompt_settings
-    from snaketune.chat_template import apply_template, split_prompt, specialist_chat
-
     row, _ = convert_case(QUESTION, ANSWER)
     settings = prompt_settings({"name": "runner", "system_prompt": "Call the tools.",
                                 "train": {"tools_rendered": "compact"}})
@@ -313,8 +312,10 @@ def test_benchmarks_end_to_end(tmp_path, bfcl_wheel):
     name = "veran-tools"
     benchmarks = ["bfcl_simple_python", "bfcl_multiple", "bfcl_parallel", "bfcl_parallel_multiple"]
     config = tiny_config({name: DEMO_SPECIALISTS[name]},
-                         eval_cfg={"benchmarks": benchmarks, "benchmark_max_rows": 3, "bfcl_wheel": str(bfcl_wheel)})
-    work = run_pipeline(tmp_path / "w", config, targets=["results/eval/summary.md", "results/report/bfcl.csv"])
+                         eval_cfg={"benchmarks": benchmarks, "benchmark_max_rows": 3,
+                                   "bfcl_wheel": str(bfcl_wheel)})
+    work = run_pipeline(tmp_path / "w", config,
+                        targets=["results/eval/summary.md", "results/report/bfcl.csv"])
     result = read_json(work / f"results/eval/benchmarks/{name}.json")
     assert result["specialist"] == name and result["scoring"] == "bfcl"
     assert result["wheel_sha256"] == BFCL_WHEEL_SHA256 and result["adapter"].startswith("sha256:")
@@ -334,7 +335,8 @@ def test_benchmarks_end_to_end(tmp_path, bfcl_wheel):
     md = (work / "results/eval/summary.md").read_text()
     assert "## BFCL (Berkeley Function Calling Leaderboard)" in md
     rows = [line for line in md.splitlines() if line.startswith(f"| {name} | ") and "AST" in line]
-    assert [row.split(" | ")[1] for row in rows] == ["simple_python", "multiple", "parallel", "parallel_multiple"]
+    order = [row.split(" | ")[1] for row in rows]
+    assert order == ["simple_python", "multiple", "parallel", "parallel_multiple"]
     assert "| 3 of 400 (sample) |" in md and "| 3 of 200 (sample) |" in md
     csv_text = (work / "results/report/bfcl.csv").read_text()
     assert len(csv_text.strip().splitlines()) == 5 and "Non-Live Parallel Multiple AST" in csv_text

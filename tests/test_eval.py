@@ -7,11 +7,15 @@ import pytest
 
 from snaketune.data import normalise_row
 from snaketune.demo import generate_demo_rows
+from snaketune.errors import SnaketuneError
 from snaketune.evaluation import (
     build_prompts,
+    check_scoring_targets,
+    evaluate,
     generate,
     rescore_generations,
     summarise,
+    unscored_record,
     validate_result,
 )
 from snaketune.files import write_jsonl
@@ -228,9 +232,6 @@ def test_generate_falls_back_to_model_generate(tiny_model, spied_generate):
 
 # ---------------------------------------------------------------- scoring: strict | bfcl
 
-from snaketune.errors import SnaketuneError  # noqa: E402
-from snaketune.evaluation import check_scoring_targets, evaluate, unscored_record  # noqa: E402
-
 WEATHER = {"type": "function", "function": {"name": "weather", "description": "", "parameters": {
     "type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"},
                                      "unit": {"type": "string"}}, "required": ["city"]}}}
@@ -240,7 +241,8 @@ def weather_row(rid, possible=True):
     row = {"id": rid, "kind": "tool", "tools": [WEATHER], "messages": [
         {"role": "user", "content": "Weather in NYC for 3 days?"},
         {"role": "assistant", "content": None, "tool_calls": [
-            {"type": "function", "function": {"name": "weather", "arguments": '{"city": "New York", "days": 3}'}}]}]}
+            {"type": "function",
+             "function": {"name": "weather", "arguments": '{"city": "New York", "days": 3}'}}]}]}
     if possible:
         row["possible_answer"] = [{"name": "weather", "arguments": {
             "city": ["New York", "NYC"], "days": [3], "unit": ["", "celsius"]}}]
@@ -257,11 +259,12 @@ def test_rescore_in_both_scorings(tmp_path):
              call('{"city": "NYC", "days": 3.0}'),             # float for an integer
              "no call at all"]
     records = [unscored_record(weather_row(str(i)), text, ["weather"]) for i, text in enumerate(texts)]
-    records.append(unscored_record(weather_row("nopa", possible=False), call('{"city": "new-york", "days": 3}'),
-                                   ["weather"]))
+    records.append(unscored_record(weather_row("nopa", possible=False),
+                                   call('{"city": "new-york", "days": 3}'), ["weather"]))
     write_jsonl(tmp_path / "g.jsonl", records)
     strict = rescore_generations(tmp_path / "g.jsonl", {"exact_match": 0.5})
-    bfcl = rescore_generations(tmp_path / "g.jsonl", {"exact_match": 0.5, "ast_accuracy": 0.5}, scoring="bfcl")
+    bfcl = rescore_generations(tmp_path / "g.jsonl", {"exact_match": 0.5, "ast_accuracy": 0.5},
+                               scoring="bfcl")
     s, b = strict["tool"], bfcl["tool"]
     assert "ast_accuracy" not in s and s["exact_match"] == pytest.approx(1 / 5)  # only the gold itself
     assert b["exact_match"] == s["exact_match"] and b["tool_accuracy"] == s["tool_accuracy"] == 0.8
@@ -337,8 +340,9 @@ def test_summary_adds_ast_accuracy_and_the_bfcl_table(tmp_path):
         paths[kind]["alpha"] = tmp_path / f"{kind}.json"
         paths[kind]["alpha"].write_text(json.dumps(res))
     bench = {"specialist": "alpha", "categories": {"parallel": {
-        "benchmark": "bfcl_parallel", "leaderboard_column": "Non-Live Parallel AST", "n": 3, "n_available": 200,
-        "sampled": True, "seed": 0, "ast_accuracy": {"base": 0.0, "tuned": 1 / 3, "delta": 1 / 3},
+        "benchmark": "bfcl_parallel", "leaderboard_column": "Non-Live Parallel AST", "n": 3,
+        "n_available": 200, "sampled": True, "seed": 0,
+        "ast_accuracy": {"base": 0.0, "tuned": 1 / 3, "delta": 1 / 3},
         "metrics": {"base": {}, "tuned": {"exact_match": 0.0, "tool_accuracy": 1.0, "param_f1": 0.5,
                                           "json_valid_rate": 1.0}}}}}
     (tmp_path / "bench.json").write_text(json.dumps(bench))

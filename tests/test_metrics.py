@@ -1,11 +1,15 @@
 """Function-calling metrics on hand-computed cases: parsing, per-example verdicts, aggregates, targets."""
 
+import copy
 import json
+from collections import Counter as _Counter
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from snaketune import bfcl
 from snaketune.demo import generate_demo_rows
 from snaketune.errors import SnaketuneError
 from snaketune.metrics import (
@@ -352,11 +356,6 @@ def test_deep_nesting_does_not_raise():
 
 # ---------------------------------------------------------------- bfcl scoring: agreement with BFCL's checker
 
-from collections import Counter as _Counter  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-from snaketune import bfcl  # noqa: E402
-
 CORPUS = [json.loads(line) for line in
           (Path(__file__).parent / "bfcl" / "agreement_corpus.jsonl").read_text().splitlines()]
 PYTHON_CASES = [c for c in CORPUS if c["language"] == "python"]
@@ -371,7 +370,8 @@ def reference(bfcl_wheel):
 
 def corpus_row(case) -> dict:
     """The case as the project sees it: a canonical row from convert_case (raw docs kept under "bfcl")."""
-    question = {"id": case["id"], "question": [[{"role": "user", "content": "-"}]], "function": case["function"]}
+    question = {"id": case["id"], "question": [[{"role": "user", "content": "-"}]],
+                "function": case["function"]}
     row, _ = bfcl.convert_case(question, {"id": case["id"], "ground_truth": case["ground_truth"]},
                                case["category"])
     return row
@@ -440,8 +440,6 @@ def test_rows_with_only_json_schema_tools_agree():
 
 def mutations(output):
     """Small edits of a decoded output, one at a time (the prototype's fuzz, cut down)."""
-    import copy
-
     yield output
     yield output[::-1]
     yield output[:-1]
@@ -449,7 +447,7 @@ def mutations(output):
     for ci, call in enumerate(output):
         (name, args), = call.items()
 
-        def edit(new_args, new_name=name):
+        def edit(new_args, new_name=name, ci=ci):
             out = copy.deepcopy(output)
             out[ci] = {new_name: new_args}
             return out
@@ -461,11 +459,13 @@ def mutations(output):
             if type(v) is int:
                 yield from (edit({**args, p: w}) for w in (float(v), v + 1, str(v), bool(v)))
             elif type(v) is float:
-                yield from (edit({**args, p: w}) for w in ((int(v),) if v.is_integer() else ()) + (v * 2 + 1,))
+                others = ((int(v),) if v.is_integer() else ()) + (v * 2 + 1,)
+                yield from (edit({**args, p: w}) for w in others)
             elif type(v) is str:
                 yield from (edit({**args, p: w}) for w in (v.upper(), f" {v}  ", v + "-.", v + "!", "", None))
             elif type(v) is list:
-                yield from (edit({**args, p: w}) for w in (v[::-1], [], [float(x) for x in v if type(x) is int]))
+                others = (v[::-1], [], [float(x) for x in v if type(x) is int])
+                yield from (edit({**args, p: w}) for w in others)
             elif type(v) is dict and v:
                 yield edit({**args, p: {k: x for k, x in v.items() if k != next(iter(v))}})
                 yield edit({**args, p: {**v, "zz": 1}})
@@ -477,7 +477,8 @@ def test_bfcl_verdict_agrees_on_mutated_real_rows(bfcl_wheel, reference):
     """The first 15 rows of each category, each answer's own first acceptable values and ~30 edits of them:
     the project's whole path agrees with BFCL's checker on every one."""
     seen = _Counter()
-    for category in ("simple_python", "multiple", "parallel", "parallel_multiple", "live_simple", "live_multiple"):
+    for category in ("simple_python", "multiple", "parallel", "parallel_multiple", "live_simple",
+                     "live_multiple"):
         for question, answer in bfcl.read_category(bfcl_wheel, category)[:15]:
             row, _ = bfcl.convert_case(question, answer, category)
             gold = gold_calls(row)
@@ -494,8 +495,10 @@ def test_bfcl_scoring_keeps_strict_metrics_and_counts_acceptable_sets():
     row = {"tools": [{"type": "function", "function": {"name": "f", "parameters": {
         "type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"},
                                          "unit": {"type": "string"}}, "required": ["city"]}}}],
-           "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": None, "tool_calls": [
-               {"type": "function", "function": {"name": "f", "arguments": '{"city": "New York", "days": 3}'}}]}],
+           "messages": [{"role": "user", "content": "q"},
+                        {"role": "assistant", "content": None, "tool_calls": [
+               {"type": "function",
+                "function": {"name": "f", "arguments": '{"city": "New York", "days": 3}'}}]}],
            "possible_answer": [{"name": "f", "arguments": {"city": ["New York", "NYC"], "days": [3],
                                                            "unit": ["", "celsius"]}}]}
     gold = gold_calls(row)
@@ -510,7 +513,8 @@ def test_bfcl_scoring_keeps_strict_metrics_and_counts_acceptable_sets():
     assert both["ast_valid"] is True and both["ast_error"] is None
     assert params(both) == (3, 0, 0)
     # float for an integer: BFCL refuses it, and the argument is an FP and its answer an FN
-    bad = score_example(*parse_tool_calls(block("f", '{"city": "NYC", "days": 3.0}')), gold, row["tools"], case)
+    calls, valid = parse_tool_calls(block("f", '{"city": "NYC", "days": 3.0}'))
+    bad = score_example(calls, valid, gold, row["tools"], case)
     assert bad["ast_valid"] is False and bad["ast_error"] == "type_error:simple" and params(bad) == (1, 1, 1)
     agg = aggregate([both, bad])
     assert agg["ast_accuracy"] == 0.5 and agg["exact_match"] == 0.0
@@ -527,9 +531,10 @@ def test_rows_without_possible_answer_use_their_gold_as_the_only_answer():
         "type": "object", "properties": {"x": {"type": "number"}, "opts": {"type": "object"},
                                          "tag": {"type": "string"}}}}},
                      {"type": "function", "function": {"name": "g", "parameters": {}}}],
-           "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": None, "tool_calls": [
-               {"type": "function", "function": {"name": "f",
-                                                 "arguments": '{"x": 2, "opts": {"a": "Hi"}, "tag": "Big Cat"}'}},
+           "messages": [{"role": "user", "content": "q"},
+                        {"role": "assistant", "content": None, "tool_calls": [
+               {"type": "function", "function": {
+                   "name": "f", "arguments": '{"x": 2, "opts": {"a": "Hi"}, "tag": "Big Cat"}'}},
                {"type": "function", "function": {"name": "g", "arguments": "{}"}}]}]}
     gold = gold_calls(row)
     case = bfcl.case_from_row(row, gold)
@@ -546,4 +551,5 @@ def test_rows_without_possible_answer_use_their_gold_as_the_only_answer():
     assert not ok(block("f", '{"x": 2, "opts": {"a": "Hi"}, "tag": "Big Cat", "y": 1}') + g)
     assert not ok(block("f", '{"x": 2, "opts": {"a": "Hi"}, "tag": "Big Cat"}'))  # one call missing
     # a malformed block makes the turn undecodable, whatever else parsed
-    assert not ok(block("f", '{"x": 2, "opts": {"a": "Hi"}, "tag": "Big Cat"}') + g + "<tool_call>{</tool_call>")
+    right = block("f", '{"x": 2, "opts": {"a": "Hi"}, "tag": "Big Cat"}') + g
+    assert ok(right) and not ok(right + "<tool_call>{</tool_call>")

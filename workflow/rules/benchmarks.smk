@@ -1,5 +1,6 @@
 # Benchmark stage: BFCL's AST categories, converted from the pinned bfcl-eval wheel, scored for every
-# specialist and its base with bfcl scoring. Off unless eval.benchmarks lists some. Logic: snaketune.benchmarks.
+# specialist and its base with bfcl scoring. Off unless eval.benchmarks lists some.
+# Logic: snaketune.benchmarks.
 
 
 wildcard_constraints:
@@ -16,14 +17,14 @@ localrules:
 rule bfcl_wheel:
     output:
         BFCL_WHEEL,
-    params:
-        version=BFCL_VERSION,
-        sha256=BFCL_WHEEL_SHA256,
-        source=config["eval"]["bfcl_wheel"],
     log:
         "logs/benchmarks/bfcl_wheel.log",
     conda:
         "../../envs/eval.yaml"
+    params:
+        version=BFCL_VERSION,
+        sha256=BFCL_WHEEL_SHA256,
+        source=config["eval"]["bfcl_wheel"],
     script:
         "../scripts/fetch_bfcl_wheel.py"
 
@@ -34,13 +35,13 @@ rule benchmark_rows:
     output:
         rows="results/benchmarks/{benchmark}.jsonl",
         stats="results/benchmarks/{benchmark}.json",
-    params:
-        max_rows=config["eval"]["benchmark_max_rows"],
-        seed=config["eval"]["benchmark_seed"],
     log:
         "logs/benchmarks/{benchmark}.log",
     conda:
         "../../envs/eval.yaml"
+    params:
+        max_rows=config["eval"]["benchmark_max_rows"],
+        seed=config["eval"]["benchmark_seed"],
     script:
         "../scripts/prepare_benchmark.py"
 
@@ -52,21 +53,21 @@ rule benchmark_base:
     output:
         result="results/eval/benchmarks/base/{specialist}.json",
         generations="results/eval/benchmarks/base/{specialist}.generations.jsonl",
-    params:
-        spec=benchmark_settings,
-        eval_cfg=benchmark_eval_params(),
-        base_cfg=config["base_model"],
-        benchmarks=BENCHMARKS,
-    threads: 1
-    resources:
-        gpu=benchmark_gpus,
-        mem_mb=benchmark_mem_mb,
     log:
         "logs/eval/benchmarks/base/{specialist}.log",
     benchmark:
         "benchmarks/eval/benchmarks/base/{specialist}.tsv"
     conda:
         "../../envs/eval.yaml"
+    threads: 1
+    resources:
+        gpu=benchmark_gpus,
+        mem_mb=benchmark_mem_mb,
+    params:
+        spec=benchmark_settings,
+        eval_cfg=benchmark_eval_params(),
+        base_cfg=config["base_model"],
+        benchmarks=BENCHMARKS,
     script:
         "../scripts/evaluate_benchmarks.py"
 
@@ -92,12 +93,12 @@ rule benchmark_summary:
         stats=expand("results/benchmarks/{benchmark}.json", benchmark=BENCHMARKS),
     output:
         "results/eval/benchmarks/{specialist}.json",
-    params:
-        benchmarks=BENCHMARKS,
     log:
         "logs/eval/benchmarks/{specialist}.log",
     conda:
         "../../envs/eval.yaml"
+    params:
+        benchmarks=BENCHMARKS,
     script:
         "../scripts/summarise_benchmarks.py"
 
@@ -106,14 +107,18 @@ rule benchmark_table:
     input:
         bfcl=expand("results/eval/benchmarks/{specialist}.json", specialist=SPECIALISTS),
     output:
-        bfcl=report("results/report/bfcl.csv", caption="../report/bfcl.rst", category="Evaluation",
-                    labels={"table": "BFCL categories"}),
-    params:
-        specialists=SPECIALISTS,
+        bfcl=report(
+            "results/report/bfcl.csv",
+            caption="../report/bfcl.rst",
+            category="Evaluation",
+            labels={"table": "BFCL categories"},
+        ),
     log:
         "logs/report/benchmark_table.log",
     conda:
         "../../envs/report.yaml"
+    params:
+        specialists=SPECIALISTS,
     script:
         "../scripts/write_report_tables.py"
 

@@ -180,7 +180,8 @@ def benchmark_eval_params():
 def benchmark_settings(wildcards):
     """A specialist as benchmark prompts show it: its system prompt; every tool in full (not its training
     rendering), so editing its training settings reruns only its tuned benchmark eval (new adapter)."""
-    return {"name": wildcards.specialist, "system_prompt": specialist_settings(wildcards.specialist)["system_prompt"]}
+    settings = specialist_settings(wildcards.specialist)
+    return {"name": wildcards.specialist, "system_prompt": settings["system_prompt"]}
 
 
 def benchmark_gpus(wildcards):
@@ -192,5 +193,5 @@ def benchmark_mem_mb(wildcards):
 
 
 def benchmark_results(wildcards=None):
-    """results/eval/benchmarks/{specialist}.json for every specialist ([] while no benchmark is configured)."""
+    """results/eval/benchmarks/{specialist}.json of every specialist ([] while no benchmark is configured)."""
     return expand("results/eval/benchmarks/{specialist}.json", specialist=SPECIALISTS) if BENCHMARKS else []

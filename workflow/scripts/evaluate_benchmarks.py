@@ -1,4 +1,4 @@
-"""Entry script of rules benchmark_base / benchmark_tuned: wires Snakemake's objects to snaketune.benchmarks."""
+"""Entry script of rules benchmark_base / benchmark_tuned (snaketune.benchmarks.evaluate_benchmarks)."""
 from snaketune.benchmarks import evaluate_benchmarks
 from snaketune.provenance import rule_step
 

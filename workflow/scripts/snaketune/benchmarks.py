@@ -1,4 +1,4 @@
-"""Benchmark stage: public benchmarks (BFCL's AST categories) as eval targets for every specialist and its base.
+"""Benchmark stage: public benchmarks (BFCL's AST categories) as eval targets for specialists and their base.
 
 ``prepare_benchmark`` converts one BFCL category from the pinned wheel into canonical rows (capped by a
 seeded sample when asked); ``evaluate_benchmarks`` scores one model on every configured category with
@@ -30,7 +30,8 @@ def category_of(benchmark: str) -> str:
     """BFCL's category of a configured benchmark name (``bfcl_simple_python`` -> ``simple_python``)."""
     category = benchmark[len(PREFIX):] if benchmark.startswith(PREFIX) else None
     if category not in LEADERBOARD_COLUMNS:
-        raise SnaketuneError("config/config.yaml", f"{benchmark!r} is not a known benchmark", field="eval.benchmarks",
+        raise SnaketuneError("config/config.yaml", f"{benchmark!r} is not a known benchmark",
+                             field="eval.benchmarks",
                              fix="use " + ", ".join(PREFIX + c for c in LEADERBOARD_COLUMNS))
     return category
 
@@ -44,13 +45,14 @@ def sample_indices(n_available: int, max_rows: int | None, seed: int, category: 
 
 def prepare_benchmark(wheel_path, benchmark: str, out_rows, out_stats, *, max_rows: int | None = None,
                       seed: int = 0) -> dict:
-    """One benchmark's rows file (canonical rows, BFCL ids) and its stats (n, sampled, type mappings, wheel)."""
+    """One benchmark's rows file (canonical rows, BFCL ids) and its stats (n, sample, types mapped, wheel)."""
     category = category_of(benchmark)
     converted, type_mappings = convert_category(wheel_path, category)
     keep = sample_indices(len(converted), max_rows, seed, category)
     rows = [{"id": converted[i]["bfcl"]["id"], "kind": "tool", **converted[i]} for i in keep]
-    stats = {"benchmark": benchmark, "category": category, "leaderboard_column": LEADERBOARD_COLUMNS[category],
-             "n": len(rows), "n_available": len(converted), "sampled": len(rows) < len(converted),
+    stats = {"benchmark": benchmark, "category": category,
+             "leaderboard_column": LEADERBOARD_COLUMNS[category], "n": len(rows),
+             "n_available": len(converted), "sampled": len(rows) < len(converted),
              "max_rows": max_rows, "seed": seed, "type_mappings": type_mappings,
              "bfcl_version": BFCL_VERSION, "wheel_sha256": sha256_file(wheel_path)}
     write_jsonl(out_rows, rows)
@@ -90,8 +92,9 @@ def prompt_settings(settings: dict) -> dict:
 
 
 def evaluate_benchmarks(*, base_cfg: dict, rows_paths: dict, settings: dict, eval_cfg: dict, out_json,
-                        out_generations, adapter_dir=None, threads: int | None = None, progress: bool = True) -> dict:
-    """Score one model (base, or base + adapter) on every benchmark in ``rows_paths`` ({benchmark: rows file})."""
+                        out_generations, adapter_dir=None, threads: int | None = None,
+                        progress: bool = True) -> dict:
+    """Score one model (base, or base + adapter) on every benchmark of ``rows_paths`` ({benchmark: rows})."""
     settings = prompt_settings(settings)
     model, tokenizer = load_for_eval(base_cfg, adapter_dir, threads)
     categories, all_records, total_tokens = {}, [], 0
@@ -168,11 +171,11 @@ def fmt(value) -> str:
 
 def benchmark_table(summaries: list[dict]) -> list[str]:
     """Markdown lines: one row per specialist and BFCL category (for results/eval/summary.md)."""
-    lines = ["## BFCL (Berkeley Function Calling Leaderboard), AST categories, bfcl scoring", "",
-             "Same base, same category names as the public leaderboard; the prompt format is this project's "
-             "(see README: Comparing with the BFCL leaderboard), and n may be a sample.", "",
+    note = ("Same base, same category names as the public leaderboard; the prompt format is this project's "
+            "(see README: Comparing with the BFCL leaderboard), and n may be a sample.")
+    lines = ["## BFCL (Berkeley Function Calling Leaderboard), AST categories, bfcl scoring", "", note, "",
              "| specialist | BFCL category | leaderboard column | n | AST accuracy base → tuned (delta) | "
-             + " | ".join(TABLE_METRICS) + " (tuned) |",
+             + " | ".join(f"{m} (tuned)" for m in TABLE_METRICS) + " |",
              "|---|---|---|---|---|" + "---|" * len(TABLE_METRICS)]
     for summary in summaries:
         for category, c in in_leaderboard_order(summary["categories"]):
@@ -189,5 +192,5 @@ def read_summaries(paths) -> list[dict]:
     return [read_json(p) for p in sorted(paths, key=str)]
 
 
-__all__ = ["prepare_benchmark", "evaluate_benchmarks", "summarise_benchmarks", "benchmark_table",
-           "category_of", "in_leaderboard_order", "LEADERBOARD_COLUMNS"]
+__all__ = ["LEADERBOARD_COLUMNS", "benchmark_table", "category_of", "evaluate_benchmarks",
+           "in_leaderboard_order", "prepare_benchmark", "summarise_benchmarks"]

@@ -61,7 +61,8 @@ LEADERBOARD_COLUMNS = {
 def in_leaderboard_order(categories: dict) -> list[tuple[str, dict]]:
     """{category: ...} items in the leaderboard's column order (JSON files keep them sorted by name)."""
     order = list(LEADERBOARD_COLUMNS)
-    return sorted(categories.items(), key=lambda item: order.index(item[0]) if item[0] in order else len(order))
+    return sorted(categories.items(),
+                  key=lambda item: order.index(item[0]) if item[0] in order else len(order))
 
 
 # BFCL's Python-style parameter types -> JSON Schema types (None: no "type", any value).
@@ -137,7 +138,8 @@ def _concrete(value, spec):
     kind = _bfcl_type(spec)
     if kind in ("dict", "object") and isinstance(value, dict):
         return _concrete_dict(value, spec)
-    if kind in ("array", "tuple") and isinstance(value, list) and _bfcl_type(spec.get("items")) in ("dict", "object"):
+    items_kind = _bfcl_type(spec.get("items")) if isinstance(spec, dict) else None
+    if kind in ("array", "tuple") and isinstance(value, list) and items_kind in ("dict", "object"):
         return [_concrete_dict(v, spec["items"]) if isinstance(v, dict) else v for v in value]
     return value
 
@@ -158,7 +160,8 @@ def _concrete_dict(value: dict, spec: dict) -> dict:
 # ---------------------------------------------------------------- rows
 
 def category_of(case_id: str) -> str:
-    """BFCL's category from a row id: ``simple_python_0`` -> simple_python, ``live_multiple_1-2-0`` -> live_multiple."""
+    """BFCL's category from a row id: ``simple_python_0`` -> simple_python, ``live_multiple_1-2-0`` ->
+    live_multiple."""
     return case_id.rsplit("_", 1)[0]
 
 
@@ -184,8 +187,8 @@ def convert_case(question: dict, answer: dict, category: str | None = None) -> t
     for i, fn in enumerate(question["function"]):
         params = to_json_schema(fn.get("parameters") or {"type": "dict", "properties": {}}, counts,
                                 f"{case_id}: function[{i}].parameters")
-        tools.append({"type": "function", "function": {"name": fn["name"], "description": fn.get("description", ""),
-                                                       "parameters": params}})
+        tools.append({"type": "function", "function": {
+            "name": fn["name"], "description": fn.get("description", ""), "parameters": params}})
         docs[fn["name"]] = fn
     calls, possible = [], []
     for item in answer["ground_truth"]:
@@ -254,23 +257,23 @@ def fetch_wheel(dest, version: str = BFCL_VERSION, sha256: str = BFCL_WHEEL_SHA2
         if source:
             got = Path(source)
             if not got.is_file():
-                raise SnaketuneError(source, "bfcl-eval wheel not found", field="eval.bfcl.wheel",
+                raise SnaketuneError(source, "bfcl-eval wheel not found", field="eval.bfcl_wheel",
                                      fix="point eval.bfcl.wheel at the downloaded .whl or set it to null")
         else:
             cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
                    "--disable-pip-version-check", f"bfcl-eval=={version}", "-d", tmp]
-            done = subprocess.run(cmd, capture_output=True, text=True)
+            done = subprocess.run(cmd, capture_output=True, text=True, check=False)
             wheels = sorted(Path(tmp).glob("bfcl_eval-*.whl"))
             if done.returncode != 0 or not wheels:
                 tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no wheel"]
                 raise SnaketuneError(None, f"could not download bfcl-eval=={version}: {tail[0]}",
                                      field="eval.benchmarks",
-                                     fix="check network access to PyPI, or set eval.bfcl.wheel to a local copy")
+                                     fix="check access to PyPI, or set eval.bfcl_wheel to a local copy")
             got = wheels[0]
         actual = sha256_file(got)
         if actual != sha256:
-            raise SnaketuneError(got, f"sha256 {actual} is not the pinned {sha256}", field="eval.bfcl.sha256",
-                                 fix=f"use the bfcl-eval=={version} wheel from PyPI, or pin its real hash")
+            raise SnaketuneError(got, f"sha256 {actual} is not the pinned {sha256}", field="eval.bfcl_wheel",
+                                 fix=f"use the bfcl-eval=={version} wheel as PyPI serves it")
         with atomic_path(dest) as tmp_dest:
             shutil.copyfile(got, tmp_dest)
     return dest
@@ -483,7 +486,8 @@ def check(functions: list, output: list, ground_truth: list, category: str,
         return verdict(check_call(fn, output[0], ground_truth[0], underscore_to_dot))
     if len(output) != 1:
         return verdict("simple_function_checker:wrong_count")
-    return verdict(check_call(functions[0] if functions else None, output[0], ground_truth[0], underscore_to_dot))
+    fn = functions[0] if functions else None
+    return verdict(check_call(fn, output[0], ground_truth[0], underscore_to_dot))
 
 
 # ---------------------------------------------------------------- per-argument counts
@@ -518,7 +522,7 @@ def arg_counts(functions: list, output: list, ground_truth: list, underscore_to_
         return (c[1] + c[2], -c[0])
 
     if len(output) <= 12:
-        @functools.lru_cache(maxsize=None)
+        @functools.cache
         def best(ai, used):
             if ai == len(ground_truth):
                 return 0, sum(n for o, n in enumerate(out_args) if not used >> o & 1), 0

@@ -105,7 +105,8 @@ def unscored_record(row: dict, text: str, tool_names: list[str]) -> dict:
         gold = metrics.gold_calls(row)
         return {"id": row["id"], "kind": "tool", "text": text, "gold_calls": gold, "tool_names": tool_names,
                 "bfcl_case": bfcl.case_from_row(row, gold)}
-    return {"id": row["id"], "kind": "text", "text": text, "gold_text": row["messages"][-1].get("content") or ""}
+    return {"id": row["id"], "kind": "text", "text": text,
+            "gold_text": row["messages"][-1].get("content") or ""}
 
 
 def score_record(rec: dict, scoring: str = "strict", path=None) -> dict:
@@ -137,7 +138,8 @@ def check_scoring_targets(eval_cfg: dict) -> str:
     scoring = eval_cfg.get("scoring", "strict")
     if scoring != "bfcl" and "ast_accuracy" in (eval_cfg.get("targets") or {}):
         raise SnaketuneError("config/config.yaml", "ast_accuracy is computed only by bfcl scoring",
-                             field="eval.targets.ast_accuracy", fix="set eval.scoring: bfcl or drop the target")
+                             field="eval.targets.ast_accuracy",
+                             fix="set eval.scoring: bfcl or drop the target")
     return scoring
 
 
@@ -147,8 +149,8 @@ def generate_records(model, tokenizer, rows: list[dict], settings: dict, eval_cf
     prompts = build_prompts(tokenizer, rows, settings)
     started = time.perf_counter()
     outputs, n_generated = generate(model, tokenizer, [p["ids"] for p in prompts],
-                                    batch_size=eval_cfg["batch_size"], max_new_tokens=eval_cfg["max_new_tokens"],
-                                    progress=progress)
+                                    batch_size=eval_cfg["batch_size"],
+                                    max_new_tokens=eval_cfg["max_new_tokens"], progress=progress)
     seconds = time.perf_counter() - started
     records = []
     for prompt, out_ids in zip(prompts, outputs):
@@ -246,13 +248,15 @@ def summarise(base_paths: dict, tuned_paths: dict, out_json, out_md, benchmark_p
     from .benchmarks import benchmark_table, read_summaries
 
     rows = []
-    results = {name: (json.loads(Path(base_paths[name]).read_text()), json.loads(Path(tuned_paths[name]).read_text()))
-               for name in sorted(tuned_paths)}
+    def read(path):
+        return json.loads(Path(path).read_text())
+
+    results = {name: (read(base_paths[name]), read(tuned_paths[name])) for name in sorted(tuned_paths)}
     bfcl_scored = any(tuned.get("scoring") == "bfcl" for _, tuned in results.values())
     summary_metrics = SUMMARY_METRICS + (("ast_accuracy",) if bfcl_scored else ())
     for name, (base, tuned) in results.items():
-        row = {"specialist": name, "n_examples": tuned["n_examples"], "scoring": tuned.get("scoring", "strict"),
-               "metrics": {}, "targets_met": tuned["targets_met"],
+        row = {"specialist": name, "n_examples": tuned["n_examples"],
+               "scoring": tuned.get("scoring", "strict"), "metrics": {}, "targets_met": tuned["targets_met"],
                "targets": {k: v["passed"] for k, v in tuned["targets"].items()}}
         for metric in summary_metrics:
             b = (base["metrics"] or {}).get(metric)

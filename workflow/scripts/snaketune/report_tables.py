@@ -92,10 +92,10 @@ def bfcl_rows(summaries: list[dict]) -> list[list[str]]:
     for summary in summaries:
         for category, c in in_leaderboard_order(summary["categories"]):
             acc, tuned = c["ast_accuracy"], c["metrics"]["tuned"]
-            rows.append([summary["specialist"], category, c["leaderboard_column"], str(c["n"]), str(c["n_available"]),
-                         _num(c["sampled"]), _num(acc["base"]), _num(acc["tuned"]),
-                         ("+" if acc["delta"] >= 0 else "") + _num(acc["delta"]), _num(tuned.get("tool_accuracy")),
-                         _num(tuned.get("param_f1"))])
+            delta = ("+" if acc["delta"] >= 0 else "") + _num(acc["delta"])
+            rows.append([summary["specialist"], category, c["leaderboard_column"], str(c["n"]),
+                         str(c["n_available"]), _num(c["sampled"]), _num(acc["base"]), _num(acc["tuned"]),
+                         delta, _num(tuned.get("tool_accuracy")), _num(tuned.get("param_f1"))])
     return rows
 
 
@@ -120,7 +120,7 @@ TABLES = {
 
 
 def write_report_tables(inputs: dict, outputs: dict, specialists=()) -> None:
-    """The `report_tables` / `parity_table` / `benchmark_table` rules: one CSV per output, named like its input.
+    """Rules `report_tables` / `parity_table` / `benchmark_table`: one CSV per output, named like its input.
 
     ``inputs`` / ``outputs``: table name -> path; ``parity`` takes one parity JSON per specialist, ``bfcl``
     one benchmark JSON per specialist.
