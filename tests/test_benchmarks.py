@@ -342,3 +342,25 @@ def test_benchmarks_end_to_end(tmp_path, bfcl_wheel):
     assert len(csv_text.strip().splitlines()) == 5 and "Non-Live Parallel Multiple AST" in csv_text
     record = read_json(work / "results/provenance/bfcl_wheel/all.json")
     assert [o["sha256"] for o in record["outputs"]] == [BFCL_WHEEL_SHA256]
+
+
+def test_report_tables_for_bfcl():
+    from snaketune.report_tables import bfcl_rows, eval_rows
+
+    metric = {"base": 0.25, "tuned": 0.75, "delta": 0.5}
+    strict = {"specialists": [{"specialist": "a", "n_examples": 4, "targets_met": True,
+                               "metrics": {m: metric for m in ("exact_match", "tool_accuracy", "param_f1",
+                                                               "json_valid_rate")}}]}
+    assert eval_rows(strict)[0] == ["specialist", "n", "exact match", "tool accuracy", "param F1",
+                                    "JSON valid", "targets met"]
+    strict["specialists"][0]["metrics"]["ast_accuracy"] = metric
+    rows = eval_rows(strict)
+    assert rows[0][-2] == "AST accuracy (BFCL)" and rows[1][-2] == "0.250 → 0.750 (+0.500)"
+    cat = {"leaderboard_column": "Non-Live Multiple AST", "n": 3, "n_available": 200, "sampled": True,
+           "ast_accuracy": {"base": 0.0, "tuned": 2 / 3, "delta": 2 / 3},
+           "metrics": {"base": {}, "tuned": {"tool_accuracy": 1.0, "param_f1": 0.5}}}
+    parallel = {**cat, "leaderboard_column": "Non-Live Parallel AST"}
+    summary = {"specialist": "a", "categories": {"parallel": parallel, "multiple": cat}}
+    same = ["3", "200", "yes", "0.000", "0.667", "+0.667", "1.000", "0.500"]
+    assert bfcl_rows([summary])[1:] == [["a", "multiple", "Non-Live Multiple AST", *same],
+                                        ["a", "parallel", "Non-Live Parallel AST", *same]]

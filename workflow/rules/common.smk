@@ -160,6 +160,9 @@ def audit_expected_params(wildcards=None):
 # ---- benchmarks (BFCL categories as eval targets; off while eval.benchmarks is empty)
 
 from snaketune.bfcl import BFCL_VERSION, BFCL_WHEEL_SHA256  # noqa: E402
+from snaketune.evaluation import check_scoring_targets  # noqa: E402
+
+check_scoring_targets(config["eval"], CONFIG_PATH)  # an ast_accuracy target needs eval.scoring: bfcl
 
 BENCHMARKS = list(config["eval"]["benchmarks"])
 BFCL_WHEEL = f"results/benchmarks/bfcl_eval-{BFCL_VERSION}-py3-none-any.whl"

@@ -133,11 +133,11 @@ def rescore_generations(path, targets: dict, scoring: str = "strict") -> dict:
     return score_generations([score_record(rec, scoring, path) for rec in read_jsonl(path)], targets)
 
 
-def check_scoring_targets(eval_cfg: dict) -> str:
+def check_scoring_targets(eval_cfg: dict, config_path="config/config.yaml") -> str:
     """The configured scoring; a target only bfcl scoring computes is refused under strict."""
     scoring = eval_cfg.get("scoring", "strict")
     if scoring != "bfcl" and "ast_accuracy" in (eval_cfg.get("targets") or {}):
-        raise SnaketuneError("config/config.yaml", "ast_accuracy is computed only by bfcl scoring",
+        raise SnaketuneError(config_path, "ast_accuracy is computed only by bfcl scoring",
                              field="eval.targets.ast_accuracy",
                              fix="set eval.scoring: bfcl or drop the target")
     return scoring

@@ -16,7 +16,7 @@ from .files import atomic_path, read_json
 
 METRICS = ("exact_match", "tool_accuracy", "param_f1", "json_valid_rate")
 METRIC_NAMES = {"exact_match": "exact match", "tool_accuracy": "tool accuracy", "param_f1": "param F1",
-                "json_valid_rate": "JSON valid"}
+                "json_valid_rate": "JSON valid", "ast_accuracy": "AST accuracy (BFCL)"}
 
 
 def _num(value, digits: int = 3) -> str:
@@ -54,10 +54,14 @@ def verify_rows(report: dict) -> list[list[str]]:
 
 def eval_rows(summary: dict) -> list[list[str]]:
     """One row per specialist: n, then base → tuned (delta) for each headline metric, targets met."""
-    rows = [["specialist", "n"] + [METRIC_NAMES[m] for m in METRICS] + ["targets met"]]
-    for row in summary.get("specialists", []):
+    specialists = summary.get("specialists", [])
+    # bfcl scoring adds BFCL's AST accuracy (strict-scored runs keep the table they always had)
+    bfcl_scored = any("ast_accuracy" in r["metrics"] for r in specialists)
+    metrics = METRICS + (("ast_accuracy",) if bfcl_scored else ())
+    rows = [["specialist", "n"] + [METRIC_NAMES[m] for m in metrics] + ["targets met"]]
+    for row in specialists:
         cells = []
-        for metric in METRICS:
+        for metric in metrics:
             m = row["metrics"].get(metric, {})
             delta = m.get("delta")
             sign = "+" if (delta or 0) >= 0 else ""
