@@ -304,6 +304,7 @@ def test_benchmark_prompt_shows_full_json_schema_and_system_prompt():
 
 # ---------------------------------------------------------------- end to end on the tiny pipeline
 
+@pytest.mark.e2e
 def test_benchmarks_end_to_end(tmp_path, bfcl_wheel):
     """The tiny pipeline with four BFCL categories capped at 3 rows: the benchmark JSON, summary.md's
     table and the report CSV; the wheel's hash in the provenance record."""
