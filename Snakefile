@@ -13,6 +13,7 @@ include: "workflow/rules/env.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/eval.smk"
+include: "workflow/rules/benchmarks.smk"
 include: "workflow/rules/export.smk"
 include: "workflow/rules/audit.smk"
 

@@ -7,7 +7,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from snaketune.config import eval_settings, fill_stage_defaults, load_schema, specialist_settings
+from snaketune.config import (
+    benchmark_eval_params,
+    benchmark_settings,
+    eval_params,
+    eval_settings,
+    fill_stage_defaults,
+    load_schema,
+    specialist_settings,
+)
 from snaketune.config_docs import key_rows, undocumented, update_readme
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,6 +43,23 @@ def test_eval_settings_ignore_training_settings_that_do_not_change_the_prompts()
     assert tuned == plain
     # while training does see them
     assert specialist_settings(config(train={"lr": 5.0e-3}), "runner")["train"]["lr"] == 5.0e-3
+
+
+def test_test_set_evals_do_not_take_the_benchmark_stages_keys_and_benchmarks_take_decoding_only():
+    cfg = config()
+    cfg["eval"] = {
+        "batch_size": 8,
+        "max_new_tokens": 64,
+        "targets": {},
+        "scoring": "strict",
+        "benchmarks": ["bfcl_multiple"],
+        "benchmark_max_rows": 5,
+        "benchmark_seed": 1,
+        "bfcl_wheel": None,
+    }
+    assert eval_params(cfg) == {"batch_size": 8, "max_new_tokens": 64, "targets": {}, "scoring": "strict"}
+    assert benchmark_eval_params(cfg) == {"batch_size": 8, "max_new_tokens": 64}
+    assert benchmark_settings(cfg, "runner") == {"name": "runner", "system_prompt": "Drive the emulator."}
 
 
 def test_specialist_settings_default_what_the_specialist_leaves_out():

@@ -7,10 +7,14 @@ import pytest
 
 from snaketune.data import normalise_row
 from snaketune.demo import generate_demo_rows
+from snaketune.errors import SnaketuneError
 from snaketune.evaluation import (
     build_prompts,
+    check_scoring_targets,
+    evaluate,
     rescore_generations,
     summarise,
+    unscored_record,
     validate_result,
 )
 from snaketune.files import write_jsonl
@@ -86,7 +90,8 @@ def result(name, model, tool_acc, exact):
                "param_recall": exact, "param_f1": exact, "json_valid_rate": 1.0, "unknown_tool_rate": 0.0,
                "n": 10, "per_tool": {}}
     targets = {"tool_accuracy": {"value": tool_acc, "target": 0.9, "passed": tool_acc >= 0.9}}
-    out = {"specialist": name, "model": model, "n_examples": 10, "metrics": metrics, "text_metrics": None,
+    out = {"specialist": name, "model": model, "scoring": "strict", "n_examples": 10, "metrics": metrics,
+           "text_metrics": None,
            "test_loss": 1.0, "perplexity": 2.718, "targets": targets,
            "targets_met": all(t["passed"] for t in targets.values()),
            "generation": {"batch_size": 8, "max_new_tokens": 32, "decoding": "greedy",
@@ -226,3 +231,129 @@ def test_generate_falls_back_to_model_generate(tiny_model, spied_generate):
     reference = generate_one_at_a_time(penalised, tokenizer, ids, 12)
     assert generate(penalised, tokenizer, ids, batch_size=2, max_new_tokens=12, progress=False) == reference
     assert spied_generate["decoders"] == [None] and spied_generate["fallback_batches"] == 3
+
+
+# ---------------------------------------------------------------- scoring: strict | bfcl
+
+WEATHER = {"type": "function", "function": {"name": "weather", "description": "", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"},
+                                     "unit": {"type": "string"}}, "required": ["city"]}}}
+
+
+def weather_row(rid, possible=True):
+    row = {"id": rid, "kind": "tool", "tools": [WEATHER], "messages": [
+        {"role": "user", "content": "Weather in NYC for 3 days?"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"type": "function",
+             "function": {"name": "weather", "arguments": '{"city": "New York", "days": 3}'}}]}]}
+    if possible:
+        row["possible_answer"] = [{"name": "weather", "arguments": {
+            "city": ["New York", "NYC"], "days": [3], "unit": ["", "celsius"]}}]
+    return row
+
+
+def call(args: str) -> str:
+    return f'<tool_call>\n{{"name": "weather", "arguments": {args}}}\n</tool_call>'
+
+
+def test_rescore_in_both_scorings(tmp_path):
+    texts = [call('{"city": "New York", "days": 3}'),           # the gold: right either way
+             call('{"city": "nyc", "days": 3, "unit": "Celsius"}'),  # acceptable, not the gold
+             call('{"city": "NYC", "days": 3.0}'),             # float for an integer
+             "no call at all"]
+    records = [unscored_record(weather_row(str(i)), text, ["weather"]) for i, text in enumerate(texts)]
+    records.append(unscored_record(weather_row("nopa", possible=False),
+                                   call('{"city": "new-york", "days": 3}'), ["weather"]))
+    write_jsonl(tmp_path / "g.jsonl", records)
+    strict = rescore_generations(tmp_path / "g.jsonl", {"exact_match": 0.5})
+    bfcl = rescore_generations(tmp_path / "g.jsonl", {"exact_match": 0.5, "ast_accuracy": 0.5},
+                               scoring="bfcl")
+    s, b = strict["tool"], bfcl["tool"]
+    assert "ast_accuracy" not in s and s["exact_match"] == pytest.approx(1 / 5)  # only the gold itself
+    assert b["exact_match"] == s["exact_match"] and b["tool_accuracy"] == s["tool_accuracy"] == 0.8
+    # BFCL: the gold, the acceptable alternative, and the gold-only row with case/punctuation folded
+    assert b["ast_accuracy"] == pytest.approx(3 / 5)
+    assert b["answers"] == {"possible_answer": 4, "gold": 1}
+    assert b["per_category"]["simple"]["n"] == 5
+    # acceptable-set counts: rows 0, 1 (unit is a TP), 4 perfect; row 2: days FP + FN; row 3: city, days FN
+    assert (b["param_tp"], b["param_fp"], b["param_fn"]) == (2 + 3 + 1 + 0 + 2, 1, 1 + 2)
+    # strict triples against the gold: rows 1, 2, 4 miss on city; row 1's unit is an FP
+    assert (s["param_tp"], s["param_fp"], s["param_fn"]) == (2 + 1 + 1 + 0 + 1, 2 + 1 + 1, 1 + 1 + 2 + 1)
+    assert bfcl["targets"]["ast_accuracy"] == {"value": pytest.approx(0.6), "target": 0.5, "passed": True}
+    assert "ast_accuracy" not in strict["targets"]
+    # a file from before bfcl scoring (no bfcl_case) rescores strict, and says why it cannot do bfcl
+    old = [{k: v for k, v in r.items() if k != "bfcl_case"} for r in records]
+    write_jsonl(tmp_path / "old.jsonl", old)
+    assert rescore_generations(tmp_path / "old.jsonl", {})["tool"] == {**s}
+    with pytest.raises(SnaketuneError, match="predates bfcl scoring"):
+        rescore_generations(tmp_path / "old.jsonl", {}, scoring="bfcl")
+
+
+def test_ast_accuracy_target_needs_bfcl_scoring():
+    assert check_scoring_targets({"targets": {"ast_accuracy": 0.5}, "scoring": "bfcl"}) == "bfcl"
+    assert check_scoring_targets({"targets": {}}) == "strict"
+    with pytest.raises(SnaketuneError, match="only by bfcl scoring") as err:
+        check_scoring_targets({"targets": {"ast_accuracy": 0.5}, "scoring": "strict"})
+    assert err.value.field == "eval.targets.ast_accuracy"
+
+
+@pytest.fixture(scope="module")
+def tiny_base_cfg(tmp_path_factory):
+    from snaketune.modeling import build_tiny_base
+
+    tmp = tmp_path_factory.mktemp("tinybase")
+    write_jsonl(tmp / "train.jsonl", [normalise_row(r) for r in generate_demo_rows(40, seed=3)])
+    build_tiny_base(tmp / "train.jsonl", tmp / "base",
+                    {"architecture": "qwen2", "vocab_size": 512, "hidden_size": 32, "intermediate_size": 64,
+                     "num_layers": 1, "num_heads": 2, "num_kv_heads": 1, "seed": 1})
+    return {"name_or_path": str(tmp / "base")}
+
+
+@pytest.mark.parametrize("scoring", ["strict", "bfcl"])
+def test_evaluate_writes_a_valid_result_in_either_scoring(tmp_path, tiny_base_cfg, scoring):
+    rows = [weather_row("a"), weather_row("b", possible=False)]
+    write_jsonl(tmp_path / "test.jsonl", rows)
+    targets = {"tool_accuracy": 0.5, **({"ast_accuracy": 0.5} if scoring == "bfcl" else {})}
+    out = {name: tmp_path / f"{name}.json" for name in ("result", "timing")}
+    result = evaluate(base_cfg=tiny_base_cfg, test_path=tmp_path / "test.jsonl", settings=SETTINGS,
+                      eval_cfg={"batch_size": 2, "max_new_tokens": 6, "targets": targets, "scoring": scoring},
+                      out_json=out["result"], out_generations=tmp_path / "g.jsonl", out_timing=out["timing"],
+                      threads=1, progress=False)
+    assert result["scoring"] == scoring and result["n_examples"] == 2
+    assert ("ast_accuracy" in result["metrics"]) == (scoring == "bfcl")
+    assert set(result["targets"]) == set(targets)
+    again = rescore_generations(tmp_path / "g.jsonl", targets, scoring=scoring)
+    assert again["tool"] == result["metrics"] and again["targets"] == result["targets"]
+    if scoring == "bfcl":
+        assert result["metrics"]["answers"] == {"gold": 1, "possible_answer": 1}
+        broken = json.loads(json.dumps(result))
+        del broken["metrics"]["ast_accuracy"]
+        with pytest.raises(RuntimeError, match="ast_accuracy"):
+            validate_result(broken)
+
+
+def test_summary_adds_ast_accuracy_and_the_bfcl_table(tmp_path):
+    paths = {"base": {}, "tuned": {}}
+    for kind, acc in (("base", 0.25), ("tuned", 0.75)):
+        res = result("alpha", kind, acc, acc)
+        res["scoring"] = "bfcl"
+        res["metrics"].update({"ast_accuracy": acc, "answers": {"gold": 10},
+                               "per_category": {"simple": {"ast_accuracy": acc, "n": 10}}})
+        validate_result(res)
+        paths[kind]["alpha"] = tmp_path / f"{kind}.json"
+        paths[kind]["alpha"].write_text(json.dumps(res))
+    bench = {"specialist": "alpha", "categories": {"parallel": {
+        "benchmark": "bfcl_parallel", "leaderboard_column": "Non-Live Parallel AST", "n": 3,
+        "n_available": 200, "sampled": True, "seed": 0,
+        "ast_accuracy": {"base": 0.0, "tuned": 1 / 3, "delta": 1 / 3},
+        "metrics": {"base": {}, "tuned": {"exact_match": 0.0, "tool_accuracy": 1.0, "param_f1": 0.5,
+                                          "json_valid_rate": 1.0}}}}}
+    (tmp_path / "bench.json").write_text(json.dumps(bench))
+    summary = summarise(paths["base"], paths["tuned"], tmp_path / "s.json", tmp_path / "s.md",
+                        benchmark_paths=[tmp_path / "bench.json"])
+    assert summary["specialists"][0]["metrics"]["ast_accuracy"] == {"base": 0.25, "tuned": 0.75, "delta": 0.5}
+    assert summary["benchmarks"]["alpha"]["parallel"]["n_available"] == 200
+    md = (tmp_path / "s.md").read_text()
+    assert "| ast_accuracy | targets met |" in md and "0.250 → 0.750 (+0.500)" in md
+    assert ("| alpha | parallel | Non-Live Parallel AST | 3 of 200 (sample) | 0.000 → 0.333 (+0.333) | "
+            "0.000 | 1.000 | 0.500 | 1.000 |") in md

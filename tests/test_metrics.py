@@ -1,11 +1,15 @@
 """Function-calling metrics on hand-computed cases: parsing, per-example verdicts, aggregates, targets."""
 
+import copy
 import json
+from collections import Counter as _Counter
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from snaketune import bfcl
 from snaketune.demo import generate_demo_rows
 from snaketune.errors import SnaketuneError
 from snaketune.metrics import (
@@ -348,3 +352,204 @@ def test_deep_nesting_does_not_raise():
     assert parse_tool_calls(text) == ([], False)
     deep = '{"name": "a", "arguments": "' + "[" * 100000 + '"}'
     assert parse_tool_calls(f"<tool_call>{deep}</tool_call>") == ([], False)
+
+
+# ---------------------------------------------------------------- bfcl scoring: agreement with BFCL's checker
+
+CORPUS = [json.loads(line) for line in
+          (Path(__file__).parent / "bfcl" / "agreement_corpus.jsonl").read_text().splitlines()]
+PYTHON_CASES = [c for c in CORPUS if c["language"] == "python"]
+
+
+@pytest.fixture(scope="module")
+def reference(bfcl_wheel):
+    from bfcl_reference import load_reference
+
+    return load_reference(bfcl_wheel)
+
+
+def corpus_row(case) -> dict:
+    """The case as the project sees it: a canonical row from convert_case (raw docs kept under "bfcl")."""
+    question = {"id": case["id"], "question": [[{"role": "user", "content": "-"}]],
+                "function": case["function"]}
+    row, _ = bfcl.convert_case(question, {"id": case["id"], "ground_truth": case["ground_truth"]},
+                               case["category"])
+    return row
+
+
+def model_text(output) -> str:
+    """A decoded BFCL output as the model would write it: one <tool_call> block per call."""
+    return "\n".join(block(name, json.dumps(args)) for call in output for name, args in call.items())
+
+
+def project_verdict(row, text) -> dict:
+    calls, valid = parse_tool_calls(text)
+    gold = gold_calls(row)
+    return score_example(calls, valid, gold, row["tools"], bfcl.case_from_row(row, gold))
+
+
+def test_corpus_covers_the_cases_that_matter():
+    wanted = ["perfect", "second acceptable value", "optional omitted", "optional supplied", "int for float",
+              "float for int", "wrong value", "wrong function", "case +", "punctuation",
+              "extra argument", "missing required argument"]
+    for category in ("simple_python", "multiple", "parallel", "parallel_multiple"):
+        mine = [c["case"] for c in PYTHON_CASES if c["category"] == category]
+        for want in wanted + (["reordered calls"] if "parallel" in category else []):
+            assert any(want in k for k in mine), (category, want)
+    assert _Counter(c["valid"] for c in PYTHON_CASES) == {True: 44, False: 55}
+
+
+@pytest.mark.parametrize("case", PYTHON_CASES, ids=lambda c: f"{c['n']}-{c['category']}-{c['case'][:40]}")
+def test_bfcl_verdict_agrees_with_bfcl_checker(case, reference):
+    """Same verdict as BFCL's ast_checker (run now, from the wheel) and as recorded, on every corpus case:
+    through the project's whole path (converted row, model text, parser, score_example) and, with the
+    error type too, at the checker level (also for a model that writes dots as underscores)."""
+    theirs = reference.check(case["category"], case["function"], case["ground_truth"], case["model_output"],
+                             case["model_name"])
+    assert theirs["valid"] == case["valid"]
+    underscore_to_dot = reference.model_flags.get(case["model_name"].replace("_", "/"), False)
+    mine = bfcl.check(case["function"], case["model_output"], case["ground_truth"], case["category"],
+                      underscore_to_dot)
+    assert mine == {"valid": theirs["valid"], "error_type": None if theirs["valid"] else theirs["error_type"]}
+    if not underscore_to_dot:
+        verdict = project_verdict(corpus_row(case), model_text(case["model_output"]))
+        assert verdict["ast_valid"] == theirs["valid"]
+        assert verdict["ast_error"] == mine["error_type"]
+        assert verdict["category"] == case["category"]
+        if verdict["ast_valid"]:  # a BFCL-valid output has nothing wrong in its arguments
+            assert verdict["param_fp"] == verdict["param_fn"] == 0
+
+
+def test_rows_with_only_json_schema_tools_agree():
+    """A row that lost BFCL's raw docs (the data stage keeps only the converted tools) gets the same
+    verdicts. (An `any` parameter, a string to BFCL, is untyped there: an int is refused by its value.)"""
+    differ = []
+    for case in PYTHON_CASES:
+        if case["model_name"] != "snaketune":
+            continue
+        row = corpus_row(case)
+        del row["bfcl"]
+        gold = gold_calls(row)
+        bare = bfcl.case_from_row(row, gold)
+        bare["category"] = case["category"]
+        calls, valid = parse_tool_calls(model_text(case["model_output"]))
+        if bfcl.check_case(bare, calls, valid)["valid"] != case["valid"]:
+            differ.append(case["id"])
+    assert differ == []
+
+
+def mutations(output):
+    """Small edits of a decoded output, one at a time (the prototype's fuzz, cut down)."""
+    yield output
+    yield output[::-1]
+    yield output[:-1]
+    yield output + [copy.deepcopy(output[0])]
+    for ci, call in enumerate(output):
+        (name, args), = call.items()
+
+        def edit(new_args, new_name=name, ci=ci):
+            out = copy.deepcopy(output)
+            out[ci] = {new_name: new_args}
+            return out
+
+        yield edit(args, name.replace(".", "_"))
+        yield edit({**args, "zz_extra": 1})
+        for p, v in args.items():
+            yield edit({k: x for k, x in args.items() if k != p})
+            if type(v) is int:
+                yield from (edit({**args, p: w}) for w in (float(v), v + 1, str(v), bool(v)))
+            elif type(v) is float:
+                others = ((int(v),) if v.is_integer() else ()) + (v * 2 + 1,)
+                yield from (edit({**args, p: w}) for w in others)
+            elif type(v) is str:
+                yield from (edit({**args, p: w}) for w in (v.upper(), f" {v}  ", v + "-.", v + "!", "", None))
+            elif type(v) is list:
+                others = (v[::-1], [], [float(x) for x in v if type(x) is int])
+                yield from (edit({**args, p: w}) for w in others)
+            elif type(v) is dict and v:
+                yield edit({**args, p: {k: x for k, x in v.items() if k != next(iter(v))}})
+                yield edit({**args, p: {**v, "zz": 1}})
+            elif type(v) is bool:
+                yield from (edit({**args, p: w}) for w in (not v, int(v)))
+
+
+def test_bfcl_verdict_agrees_on_mutated_real_rows(bfcl_wheel, reference):
+    """The first 15 rows of each category, each answer's own first acceptable values and ~30 edits of them:
+    the project's whole path agrees with BFCL's checker on every one."""
+    seen = _Counter()
+    for category in ("simple_python", "multiple", "parallel", "parallel_multiple", "live_simple",
+                     "live_multiple"):
+        for question, answer in bfcl.read_category(bfcl_wheel, category)[:15]:
+            row, _ = bfcl.convert_case(question, answer, category)
+            gold = gold_calls(row)
+            first = [{c["name"]: c["arguments"]} for c in gold]
+            for output in mutations(first):
+                theirs = reference.check(category, question["function"], answer["ground_truth"], output)
+                verdict = project_verdict(row, model_text(output))
+                assert verdict["ast_valid"] == theirs["valid"], (question["id"], output, theirs)
+                seen[theirs["valid"]] += 1
+    assert seen[True] > 100 and seen[False] > 500
+
+
+def test_bfcl_scoring_keeps_strict_metrics_and_counts_acceptable_sets():
+    row = {"tools": [{"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"},
+                                         "unit": {"type": "string"}}, "required": ["city"]}}}],
+           "messages": [{"role": "user", "content": "q"},
+                        {"role": "assistant", "content": None, "tool_calls": [
+               {"type": "function",
+                "function": {"name": "f", "arguments": '{"city": "New York", "days": 3}'}}]}],
+           "possible_answer": [{"name": "f", "arguments": {"city": ["New York", "NYC"], "days": [3],
+                                                           "unit": ["", "celsius"]}}]}
+    gold = gold_calls(row)
+    case = bfcl.case_from_row(row, gold)
+    assert case["category"] == "simple" and case["answers"] == "possible_answer"
+    text = block("f", '{"city": "nyc", "days": 3, "unit": "Celsius"}')
+    strict = verdict(text, gold, row["tools"])
+    calls, valid = parse_tool_calls(text)
+    both = score_example(calls, valid, gold, row["tools"], case)
+    assert not strict["exact"] and params(strict) == (1, 2, 1)
+    assert both["exact"] is False and both["tool_correct"] is True  # the strict verdicts stay
+    assert both["ast_valid"] is True and both["ast_error"] is None
+    assert params(both) == (3, 0, 0)
+    # float for an integer: BFCL refuses it, and the argument is an FP and its answer an FN
+    calls, valid = parse_tool_calls(block("f", '{"city": "NYC", "days": 3.0}'))
+    bad = score_example(calls, valid, gold, row["tools"], case)
+    assert bad["ast_valid"] is False and bad["ast_error"] == "type_error:simple" and params(bad) == (1, 1, 1)
+    agg = aggregate([both, bad])
+    assert agg["ast_accuracy"] == 0.5 and agg["exact_match"] == 0.0
+    assert agg["per_category"]["simple"]["ast_accuracy"] == 0.5 and agg["per_category"]["simple"]["n"] == 2
+    assert agg["per_tool"]["f"]["ast_accuracy"] == 0.5
+    assert agg["answers"] == {"possible_answer": 2}
+    assert (agg["param_tp"], agg["param_fp"], agg["param_fn"]) == (4, 1, 1)
+    assert targets_report(agg, {"ast_accuracy": 0.4})["ast_accuracy"]["passed"] is True
+    assert "ast_accuracy" not in aggregate([strict]) and "per_category" not in aggregate([strict])
+
+
+def test_rows_without_possible_answer_use_their_gold_as_the_only_answer():
+    row = {"tools": [{"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "properties": {"x": {"type": "number"}, "opts": {"type": "object"},
+                                         "tag": {"type": "string"}}}}},
+                     {"type": "function", "function": {"name": "g", "parameters": {}}}],
+           "messages": [{"role": "user", "content": "q"},
+                        {"role": "assistant", "content": None, "tool_calls": [
+               {"type": "function", "function": {
+                   "name": "f", "arguments": '{"x": 2, "opts": {"a": "Hi"}, "tag": "Big Cat"}'}},
+               {"type": "function", "function": {"name": "g", "arguments": "{}"}}]}]}
+    gold = gold_calls(row)
+    case = bfcl.case_from_row(row, gold)
+    assert case["answers"] == "gold" and case["category"] == "parallel_multiple"
+    assert case["ground_truth"][0] == {"f": {"x": [2], "opts": [{"a": ["Hi"]}], "tag": ["Big Cat"]}}
+
+    def ok(text):
+        return score_example(*parse_tool_calls(text), gold, row["tools"], case)["ast_valid"]
+
+    g = block("g", "{}")
+    assert ok(block("f", '{"x": 2.0, "opts": {"a": "hi"}, "tag": "big-cat"}') + g)  # any order below too
+    assert ok(g + block("f", '{"x": 2, "opts": {"a": "Hi"}, "tag": "BigCat"}'))
+    assert not ok(block("f", '{"x": 2, "opts": {"a": "Hi"}}') + g)  # a gold argument is not optional
+    assert not ok(block("f", '{"x": 2, "opts": {"a": "Hi"}, "tag": "Big Cat", "y": 1}') + g)
+    assert not ok(block("f", '{"x": 2, "opts": {"a": "Hi"}, "tag": "Big Cat"}'))  # one call missing
+    # a malformed block makes the turn undecodable, whatever else parsed
+    right = block("f", '{"x": 2, "opts": {"a": "Hi"}, "tag": "Big Cat"}') + g
+    assert ok(right) and not ok(right + "<tool_call>{</tool_call>")

@@ -7,8 +7,9 @@ from snaketune.targets import base_gguf_path, final_targets, lora_base_quant, mo
 EXPORT_ON = {"enabled": True, "quants": ["f16", "q8_0"], "lora_gguf": True, "parity": True}
 
 
-def config(export=None, specialists=("veran-tools", "mesen-runner")) -> dict:
-    return {"specialists": {name: {} for name in specialists}, "export": {**EXPORT_ON, **(export or {})}}
+def config(export=None, specialists=("veran-tools", "mesen-runner"), benchmarks=()) -> dict:
+    return {"specialists": {name: {} for name in specialists}, "export": {**EXPORT_ON, **(export or {})},
+            "eval": {"benchmarks": list(benchmarks)}}
 
 
 @pytest.mark.parametrize(("quants", "lora_base", "modelfile"), [
@@ -50,3 +51,13 @@ def test_lora_gguf_and_parity_switch_their_files_off():
         "results/gguf/mesen-runner.q8_0.gguf", "results/gguf/veran-tools.q8_0.gguf",
         "results/gguf/mesen-runner.Modelfile", "results/gguf/veran-tools.Modelfile"]
     assert "results/report/parity.csv" not in targets
+
+
+def test_benchmarks_add_each_specialists_table_and_the_report_csv_only_when_configured():
+    assert not any("benchmarks" in t or "bfcl" in t for t in final_targets(config()))
+    targets = final_targets(config(benchmarks=["bfcl_simple_python"]))
+    assert targets[-3:] == [
+        "results/eval/benchmarks/mesen-runner.json",
+        "results/eval/benchmarks/veran-tools.json",
+        "results/report/bfcl.csv",
+    ]

@@ -8,8 +8,11 @@ sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "scripts"))
 
 from snaketune.config import (  # noqa: E402
     TINY_BASE_DIR,
+    benchmark_eval_params as _benchmark_eval_params,
+    benchmark_settings as _benchmark_settings,
     check_config,
     check_inputs,
+    eval_params as _eval_params,
     eval_settings,
     fill_stage_defaults,
     load_schema,
@@ -203,3 +206,33 @@ def audit_expected_params(wildcards=None):
 def audit_strict():
     """Snakemake's --config reads audit_strict=false as the string "false"."""
     return config["audit_strict"] in (True, "true")
+
+
+# ---- benchmarks (BFCL categories as eval targets; off while eval.benchmarks is empty)
+
+from snaketune.bfcl import BFCL_VERSION, BFCL_WHEEL_SHA256  # noqa: E402
+from snaketune.evaluation import check_scoring_targets  # noqa: E402
+
+check_scoring_targets(config["eval"], CONFIG_PATH)  # an ast_accuracy target needs eval.scoring: bfcl
+
+BENCHMARKS = list(config["eval"]["benchmarks"])
+BFCL_WHEEL = f"results/benchmarks/bfcl_eval-{BFCL_VERSION}-py3-none-any.whl"
+
+
+def eval_params():
+    """config['eval'] as the test-set eval rules take it (without the benchmark stage's keys)."""
+    return _eval_params(config)
+
+
+def benchmark_eval_params():
+    """What benchmark scoring takes of config['eval']: decoding only (scoring is always bfcl there)."""
+    return _benchmark_eval_params(config)
+
+
+def benchmark_settings(wildcards):
+    return _benchmark_settings(config, wildcards.specialist)
+
+
+def benchmark_results(wildcards=None):
+    """results/eval/benchmarks/{specialist}.json of every specialist ([] while no benchmark is configured)."""
+    return expand("results/eval/benchmarks/{specialist}.json", specialist=SPECIALISTS) if BENCHMARKS else []

@@ -13,7 +13,7 @@ rule evaluate_base:
         config_path=CONFIG_PATH,
         provenance=PROVENANCE,
         spec=eval_spec,
-        eval_cfg=config["eval"],
+        eval_cfg=eval_params(),
         base_cfg=config["base_model"],
     threads: 1
     resources:
@@ -49,6 +49,7 @@ rule eval_summary:
     input:
         base=expand("results/eval/base/{specialist}.json", specialist=SPECIALISTS),
         tuned=expand("results/eval/tuned/{specialist}.json", specialist=SPECIALISTS),
+        benchmarks=benchmark_results,
     output:
         json="results/eval/summary.json",
         md="results/eval/summary.md",

@@ -9,4 +9,5 @@ with rule_step(snakemake):
         tuned_paths=dict(zip(names, snakemake.input.tuned)),
         out_json=snakemake.output.json,
         out_md=snakemake.output.md,
+        benchmark_paths=list(snakemake.input.get("benchmarks", [])),
     )

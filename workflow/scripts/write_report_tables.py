@@ -1,5 +1,4 @@
-"""Entry script of rules report_tables and parity_table: wires Snakemake's objects to
-snaketune.report_tables."""
+"""Entry script of rules report_tables, parity_table and benchmark_table (snaketune.report_tables)."""
 from snaketune.provenance import rule_step
 from snaketune.report_tables import write_report_tables
 

@@ -13,7 +13,8 @@ from .errors import SnaketuneError, field_path
 
 __all__ = [
     "TINY_BASE_DIR", "load_schema", "check_config", "deep_merge", "fill_stage_defaults",
-    "specialist_settings", "eval_settings", "check_inputs",
+    "specialist_settings", "eval_settings", "check_inputs", "eval_params", "benchmark_eval_params",
+    "benchmark_settings", "BENCHMARK_ONLY_EVAL_KEYS",
 ]
 
 SPECIALIST_NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
@@ -141,6 +142,26 @@ def eval_settings(config: dict, name: str) -> dict:
     settings = specialist_settings(config, name)
     return {**{key: settings[key] for key in ("name", "system_prompt", "focus_tools")},
             "train": {"tools_rendered": prompt_tools_rendered(settings)}}
+
+
+# eval keys only the benchmark stage reads: changing them must not rerun the test-set evals
+BENCHMARK_ONLY_EVAL_KEYS = ("benchmarks", "benchmark_max_rows", "benchmark_seed", "bfcl_wheel")
+
+
+def eval_params(config: dict) -> dict:
+    """``config['eval']`` as the test-set eval rules take it: without the benchmark stage's keys."""
+    return {k: v for k, v in config["eval"].items() if k not in BENCHMARK_ONLY_EVAL_KEYS}
+
+
+def benchmark_eval_params(config: dict) -> dict:
+    """What benchmark scoring takes of ``config['eval']``: decoding only (scoring is always bfcl there)."""
+    return {k: config["eval"][k] for k in ("batch_size", "max_new_tokens")}
+
+
+def benchmark_settings(config: dict, name: str) -> dict:
+    """A specialist as benchmark prompts show it: its name and system prompt (every tool in full, not its
+    training rendering), so editing its training settings reruns only its tuned benchmark eval."""
+    return {"name": name, "system_prompt": specialist_settings(config, name)["system_prompt"]}
 
 
 def check_inputs(config: dict, config_path: str) -> None:

@@ -3,6 +3,9 @@
 The base model and the tuned model (base + adapter) go through the same code: same rows, system
 prompt, template and decoding, so their scores are an A/B. Every generation is kept in a JSONL file
 so any number in the eval JSON can be checked by hand (and recomputed: see ``rescore_generations``).
+``eval.scoring`` picks ``strict`` (one gold answer per row) or ``bfcl`` (BFCL's AST checker: acceptable
+values from the row's ``possible_answer``); records keep what both need, so either can be recomputed.
+``generate_records`` is the one generation path: the benchmark stage (snaketune.benchmarks) uses it too.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from pathlib import Path
 import jsonschema
 import yaml
 
-from . import metrics
+from . import bfcl, metrics
 from .chat_template import (
     apply_template,
     attach_template,
@@ -31,7 +34,8 @@ from .generation import generate
 
 __all__ = [
     "test_subset", "build_prompts", "score_generations", "rescore_generations", "validate_result",
-    "load_for_eval", "evaluate", "summarise"
+    "load_for_eval", "evaluate", "summarise", "generate_records", "unscored_record", "score_record",
+    "check_scoring_targets",
 ]
 
 SCHEMA_PATH = Path(__file__).resolve().parents[3] / "config" / "schemas" / "eval_result.schema.yaml"
@@ -112,17 +116,68 @@ def score_generations(records: list[dict], targets: dict, *, config_path: str | 
     return out
 
 
-def rescore_generations(path, targets: dict, *, config_path: str | None = None) -> dict:
-    """Recompute the metrics from a generations JSONL (parsing the raw text again)."""
+def unscored_record(row: dict, text: str, tool_names: list[str]) -> dict:
+    """A generations-file record: the generated text and what scoring it needs (either scoring)."""
+    if row["kind"] == "tool":
+        gold = metrics.gold_calls(row)
+        return {"id": row["id"], "kind": "tool", "text": text, "gold_calls": gold, "tool_names": tool_names,
+                "bfcl_case": bfcl.case_from_row(row, gold)}
+    return {"id": row["id"], "kind": "text", "text": text,
+            "gold_text": row["messages"][-1].get("content") or ""}
+
+
+def score_record(rec: dict, scoring: str = "strict", path=None) -> dict:
+    """``rec`` with ``calls`` and ``verdict`` (re)computed from its raw text."""
+    if rec["kind"] != "tool":
+        rec["verdict"] = metrics.score_text(rec["text"], rec["gold_text"])
+        return rec
+    case = None
+    if scoring == "bfcl":
+        case = rec.get("bfcl_case")
+        if case is None:
+            raise SnaketuneError(path, f"record {rec['id']!r} has no bfcl_case: it predates bfcl scoring",
+                                 field="eval.scoring", fix="regenerate it, or rescore with scoring strict")
+    calls, valid = metrics.parse_tool_calls(rec["text"])
+    rec["calls"] = calls
+    rec["verdict"] = metrics.score_example(calls, valid, rec["gold_calls"], rec["tool_names"], case)
+    return rec
+
+
+def rescore_generations(
+    path, targets: dict, scoring: str = "strict", *, config_path: str | None = None
+) -> dict:
+    """Recompute the metrics from a generations JSONL (parsing the raw text again), in either scoring."""
+    if scoring not in metrics.SCORINGS:
+        raise ValueError(f"scoring must be one of {metrics.SCORINGS}, got {scoring!r}")
+    return score_generations([score_record(rec, scoring, path) for rec in read_jsonl(path)], targets,
+                             config_path=config_path)
+
+
+def check_scoring_targets(eval_cfg: dict, config_path: str | None = None) -> str:
+    """The configured scoring; a target only bfcl scoring computes is refused under strict."""
+    scoring = eval_cfg.get("scoring", "strict")
+    if scoring != "bfcl" and "ast_accuracy" in (eval_cfg.get("targets") or {}):
+        raise SnaketuneError(config_path, "ast_accuracy is computed only by bfcl scoring",
+                             field="eval.targets.ast_accuracy",
+                             fix="set eval.scoring: bfcl or drop the target")
+    return scoring
+
+
+def generate_records(model, tokenizer, rows: list[dict], settings: dict, eval_cfg: dict, *,
+                     scoring: str = "strict", progress: bool = True) -> tuple[list[dict], int, float]:
+    """Generate an answer for every row and score it: (records, generated tokens, seconds generating)."""
+    prompts = build_prompts(tokenizer, rows, settings)
+    started = time.perf_counter()
+    outputs, n_generated = generate(model, tokenizer, [p["ids"] for p in prompts],
+                                    batch_size=eval_cfg["batch_size"],
+                                    max_new_tokens=eval_cfg["max_new_tokens"], progress=progress)
+    seconds = time.perf_counter() - started
     records = []
-    for rec in read_jsonl(path):
-        if rec["kind"] == "tool":
-            calls, valid = metrics.parse_tool_calls(rec["text"])
-            rec["verdict"] = metrics.score_example(calls, valid, rec["gold_calls"], rec["tool_names"])
-        else:
-            rec["verdict"] = metrics.score_text(rec["text"], rec["gold_text"])
-        records.append(rec)
-    return score_generations(records, targets, config_path=config_path)
+    for prompt, out_ids in zip(prompts, outputs):
+        text = tokenizer.decode(out_ids, skip_special_tokens=True)
+        tool_names = sorted(t["function"]["name"] for t in prompt["tools"])
+        records.append(score_record(unscored_record(prompt["row"], text, tool_names), scoring))
+    return records, n_generated, seconds
 
 
 def model_fingerprint(base_cfg: dict) -> str:
@@ -171,35 +226,17 @@ def evaluate(*, base_cfg: dict, test_path, settings: dict, eval_cfg: dict, out_j
 
     ``base_cfg``, ``settings`` and ``eval_cfg`` come from the config file ``config_path`` (errors name it).
     """
+    scoring = check_scoring_targets(eval_cfg, config_path)
     rows = test_subset(test_path, settings, eval_cfg.get("max_examples"))
     model, tokenizer = load_for_eval(base_cfg, adapter_dir, threads, config_path=config_path)
-    prompts = build_prompts(tokenizer, rows, settings)
-    started = time.perf_counter()
-    outputs, n_generated = generate(model, tokenizer, [p["ids"] for p in prompts],
-                                    batch_size=eval_cfg["batch_size"],
-                                    max_new_tokens=eval_cfg["max_new_tokens"], progress=progress)
-    seconds = time.perf_counter() - started
-    records = []
-    for prompt, out_ids in zip(prompts, outputs):
-        text = tokenizer.decode(out_ids, skip_special_tokens=True)
-        row = prompt["row"]
-        tool_names = sorted(t["function"]["name"] for t in prompt["tools"])
-        if row["kind"] == "tool":
-            calls, valid = metrics.parse_tool_calls(text)
-            gold = metrics.gold_calls(row)
-            verdict = metrics.score_example(calls, valid, gold, tool_names)
-            rec = {"id": row["id"], "kind": "tool", "text": text, "calls": calls, "gold_calls": gold,
-                   "tool_names": tool_names, "verdict": verdict}
-        else:
-            gold_text = row["messages"][-1].get("content") or ""
-            rec = {"id": row["id"], "kind": "text", "text": text, "gold_text": gold_text,
-                   "verdict": metrics.score_text(text, gold_text)}
-        records.append(rec)
+    records, n_generated, seconds = generate_records(model, tokenizer, rows, settings, eval_cfg,
+                                                     scoring=scoring, progress=progress)
     scores = score_generations(records, eval_cfg["targets"], config_path=config_path)
     loss = assistant_loss(model, tokenizer, rows, settings)
     result = {
         "specialist": settings["name"],
         "model": "tuned" if adapter_dir is not None else "base",
+        "scoring": scoring,
         "n_examples": len(records),
         "metrics": scores["tool"],
         "text_metrics": scores["text"],
@@ -236,16 +273,23 @@ SUMMARY_METRICS = ("exact_match", "tool_accuracy", "param_precision", "param_rec
                    "json_valid_rate")
 
 
-def summarise(base_paths: dict, tuned_paths: dict, out_json, out_md) -> dict:
-    """One row per specialist: base vs tuned for every metric with the delta, targets met."""
+def summarise(base_paths: dict, tuned_paths: dict, out_json, out_md, benchmark_paths=()) -> dict:
+    """One row per specialist: base vs tuned for every metric with the delta, targets met (and
+    ``ast_accuracy`` under bfcl scoring); then the BFCL benchmark table when benchmarks ran."""
+    from .benchmarks import benchmark_table, read_summaries
+
     rows = []
-    for name in sorted(tuned_paths):
-        base = json.loads(Path(base_paths[name]).read_text())
-        tuned = json.loads(Path(tuned_paths[name]).read_text())
-        row = {"specialist": name, "n_examples": tuned["n_examples"], "metrics": {},
-               "targets_met": tuned["targets_met"],
+    def read(path):
+        return json.loads(Path(path).read_text())
+
+    results = {name: (read(base_paths[name]), read(tuned_paths[name])) for name in sorted(tuned_paths)}
+    bfcl_scored = any(tuned.get("scoring") == "bfcl" for _, tuned in results.values())
+    summary_metrics = SUMMARY_METRICS + (("ast_accuracy",) if bfcl_scored else ())
+    for name, (base, tuned) in results.items():
+        row = {"specialist": name, "n_examples": tuned["n_examples"],
+               "scoring": tuned.get("scoring", "strict"), "metrics": {}, "targets_met": tuned["targets_met"],
                "targets": {k: v["passed"] for k, v in tuned["targets"].items()}}
-        for metric in SUMMARY_METRICS:
+        for metric in summary_metrics:
             b = (base["metrics"] or {}).get(metric)
             t = (tuned["metrics"] or {}).get(metric)
             row["metrics"][metric] = {"base": b, "tuned": t,
@@ -253,8 +297,8 @@ def summarise(base_paths: dict, tuned_paths: dict, out_json, out_md) -> dict:
         rows.append(row)
     summary = {"specialists": rows}
     lines = ["# Evaluation summary: base vs tuned", "",
-             "| specialist | n | " + " | ".join(SUMMARY_METRICS) + " | targets met |",
-             "|---|---|" + "---|" * len(SUMMARY_METRICS) + "---|"]
+             "| specialist | n | " + " | ".join(summary_metrics) + " | targets met |",
+             "|---|---|" + "---|" * len(summary_metrics) + "---|"]
     fmt = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
     for row in rows:
         cells = [f"{fmt(m['base'])} → {fmt(m['tuned'])} "
@@ -262,6 +306,15 @@ def summarise(base_paths: dict, tuned_paths: dict, out_json, out_md) -> dict:
                  for m in row["metrics"].values()]
         lines.append(f"| {row['specialist']} | {row['n_examples']} | " + " | ".join(cells)
                      + f" | {'yes' if row['targets_met'] else 'no'} |")
+    if bfcl_scored:
+        lines += ["", "Scoring: " + ", ".join(f"{r['specialist']} {r['scoring']}" for r in rows)
+                  + " (bfcl: BFCL's AST checker, see config/README.md)."]
+    if benchmark_paths:
+        benchmarks = read_summaries(benchmark_paths)
+        summary["benchmarks"] = {b["specialist"]: {
+            category: {k: c[k] for k in ("leaderboard_column", "n", "n_available", "sampled", "ast_accuracy")}
+            for category, c in b["categories"].items()} for b in benchmarks}
+        lines += [""] + benchmark_table(benchmarks)
     write_json(out_json, summary)
     with atomic_path(out_md) as tmp:
         tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -4,6 +4,11 @@ Pure functions only. Parsing uses ``json.loads`` and never raises on model outpu
 compares JSON values by value (3 == 3.0) while keeping types apart (True != 1, "3" != 3).
 Several calls in one turn are matched as a multiset, regardless of order (as BFCL's parallel
 checker does).
+
+Two scorings (``eval.scoring``). ``strict``: one gold answer per row, as above. ``bfcl``: the same
+verdicts from the same parsed calls, plus BFCL's AST verdict (``ast_valid``, from snaketune.bfcl: acceptable
+values, optional arguments, string normalisation, int for float) and parameter counts over the acceptable
+sets instead of the single gold; aggregated as ``ast_accuracy`` overall, per tool and per category.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import json
 import math
 from collections import Counter
 
+from . import bfcl
 from .errors import SnaketuneError
 
 __all__ = [
@@ -24,7 +30,8 @@ CLOSE_TAG = "</tool_call>"
 
 TOOL_METRICS = ("exact_match", "tool_accuracy", "param_precision", "param_recall", "param_f1",
                 "json_valid_rate", "unknown_tool_rate")
-_NOT_TARGETS = {"n", "per_tool", "param_tp", "param_fp", "param_fn"}
+SCORINGS = ("strict", "bfcl")
+_NOT_TARGETS = {"n", "per_tool", "per_category", "answers", "param_tp", "param_fp", "param_fn"}
 
 
 # ---------------------------------------------------------------- parsing
@@ -151,19 +158,23 @@ def _tool_names(tools) -> set[str]:
     return names
 
 
-def score_example(pred_calls, valid, gold_calls, tools=None) -> dict:
+def score_example(pred_calls, valid, gold_calls, tools=None, case=None) -> dict:
     """Per-example verdicts (JSON-ready).
 
     ``exact`` needs a well-formed turn and the same multiset of (name, arguments) as the gold;
     ``tool_correct`` compares the sets of called names; parameters are scored over
     (tool, key, value) triples as true / false positives and false negatives.
+
+    With ``case`` (``bfcl.case_from_row``: ``bfcl`` scoring) the verdict adds ``ast_valid`` /
+    ``ast_error`` (BFCL's AST checker), ``category`` and ``answers``, and the parameter counts come from
+    the acceptable sets (``bfcl.arg_counts``).
     """
     pred_names = {c["name"] for c in pred_calls}
     gold_names = {c["name"] for c in gold_calls}
     pred_t, gold_t = _triples(pred_calls), _triples(gold_calls)
     tp = sum((pred_t & gold_t).values())
     unknown = sorted(pred_names - _tool_names(tools)) if tools is not None else []
-    return {
+    out = {
         "tool_correct": pred_names == gold_names,
         "exact": bool(valid) and Counter(map(_call_key, pred_calls)) == Counter(map(_call_key, gold_calls)),
         "param_tp": tp,
@@ -175,6 +186,12 @@ def score_example(pred_calls, valid, gold_calls, tools=None) -> dict:
         "pred_tools": sorted(pred_names),
         "gold_tools": sorted(gold_names),
     }
+    if case is not None:
+        verdict = bfcl.check_case(case, pred_calls, valid)
+        out.update({"ast_valid": verdict["valid"], "ast_error": verdict["error_type"],
+                    "category": case["category"], "answers": case["answers"]})
+        out.update(bfcl.arg_counts(case["functions"], bfcl.decoded(pred_calls), case["ground_truth"]))
+    return out
 
 
 def _ratio(num, den, empty):
@@ -191,7 +208,7 @@ def _summarise(examples) -> dict:
     # Nothing predicted and nothing to predict is perfect; one side empty alone scores 0.
     precision = _ratio(tp, tp + fp, 1.0 if fn == 0 else 0.0)
     recall = _ratio(tp, tp + fn, 1.0 if fp == 0 else 0.0)
-    return {
+    out = {
         "exact_match": sum(e["exact"] for e in examples) / n,
         "tool_accuracy": sum(e["tool_correct"] for e in examples) / n,
         "param_precision": precision,
@@ -204,15 +221,26 @@ def _summarise(examples) -> dict:
         "param_fp": fp,
         "param_fn": fn,
     }
+    if all("ast_valid" in e for e in examples):  # bfcl scoring
+        out["ast_accuracy"] = sum(e["ast_valid"] for e in examples) / n
+    return out
 
 
 def aggregate(examples) -> dict:
     """Micro-averaged metrics over per-example verdicts, plus ``per_tool`` over the examples
-    whose gold calls include each tool. Metrics are None when there are no examples."""
+    whose gold calls include each tool. Metrics are None when there are no examples.
+
+    Under ``bfcl`` scoring also ``ast_accuracy``, ``per_category`` (BFCL's category of each row) and
+    ``answers`` (how many rows had acceptable sets, ``possible_answer``, and how many only their ``gold``).
+    """
     examples = list(examples)
     out = _summarise(examples)
     tools = sorted({t for e in examples for t in e["gold_tools"]})
     out["per_tool"] = {t: _summarise([e for e in examples if t in e["gold_tools"]]) for t in tools}
+    if examples and all("ast_valid" in e for e in examples):
+        categories = sorted({e["category"] for e in examples})
+        out["per_category"] = {c: _summarise([e for e in examples if e["category"] == c]) for c in categories}
+        out["answers"] = dict(sorted(Counter(e["answers"] for e in examples).items()))
     return out
 
 

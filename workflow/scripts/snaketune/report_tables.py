@@ -18,7 +18,7 @@ __all__ = ["write_report_tables"]
 
 METRICS = ("exact_match", "tool_accuracy", "param_f1", "json_valid_rate")
 METRIC_NAMES = {"exact_match": "exact match", "tool_accuracy": "tool accuracy", "param_f1": "param F1",
-                "json_valid_rate": "JSON valid"}
+                "json_valid_rate": "JSON valid", "ast_accuracy": "AST accuracy (BFCL)"}
 
 
 def _num(value, digits: int = 3) -> str:
@@ -56,10 +56,14 @@ def verify_rows(report: dict) -> list[list[str]]:
 
 def eval_rows(summary: dict) -> list[list[str]]:
     """One row per specialist: n, then base → tuned (delta) for each headline metric, targets met."""
-    rows = [["specialist", "n"] + [METRIC_NAMES[m] for m in METRICS] + ["targets met"]]
-    for row in summary.get("specialists", []):
+    specialists = summary.get("specialists", [])
+    # bfcl scoring adds BFCL's AST accuracy (strict-scored runs keep the table they always had)
+    bfcl_scored = any("ast_accuracy" in r["metrics"] for r in specialists)
+    metrics = METRICS + (("ast_accuracy",) if bfcl_scored else ())
+    rows = [["specialist", "n"] + [METRIC_NAMES[m] for m in metrics] + ["targets met"]]
+    for row in specialists:
         cells = []
-        for metric in METRICS:
+        for metric in metrics:
             m = row["metrics"].get(metric, {})
             delta = m.get("delta")
             sign = "+" if (delta or 0) >= 0 else ""
@@ -86,6 +90,22 @@ def parity_rows(reports: dict) -> list[list[str]]:
     return rows
 
 
+def bfcl_rows(summaries: list[dict]) -> list[list[str]]:
+    """One row per specialist and BFCL category: n (of how many; sample?), AST accuracy base → tuned."""
+    rows = [["specialist", "BFCL category", "leaderboard column", "n", "of", "sampled", "AST accuracy base",
+             "AST accuracy tuned", "delta", "tool accuracy tuned", "param F1 tuned"]]
+    from .bfcl import in_leaderboard_order
+
+    for summary in summaries:
+        for category, c in in_leaderboard_order(summary["categories"]):
+            acc, tuned = c["ast_accuracy"], c["metrics"]["tuned"]
+            delta = ("+" if acc["delta"] >= 0 else "") + _num(acc["delta"])
+            rows.append([summary["specialist"], category, c["leaderboard_column"], str(c["n"]),
+                         str(c["n_available"]), _num(c["sampled"]), _num(acc["base"]), _num(acc["tuned"]),
+                         delta, _num(tuned.get("tool_accuracy")), _num(tuned.get("param_f1"))])
+    return rows
+
+
 def rst_safe(text: str) -> str:
     """A cell that docutils' csv-table shows as written (it parses cells as reStructuredText)."""
     text = re.sub(r"([\\*`|])", r"\\\1", str(text))
@@ -107,13 +127,16 @@ TABLES = {
 
 
 def write_report_tables(inputs: dict, outputs: dict, specialists=()) -> None:
-    """The `report_tables` / `parity_table` rules: one CSV per output, named like its input.
+    """Rules `report_tables` / `parity_table` / `benchmark_table`: one CSV per output, named like its input.
 
-    ``inputs`` / ``outputs``: table name -> path; ``parity`` takes one parity JSON per specialist.
+    ``inputs`` / ``outputs``: table name -> path; ``parity`` takes one parity JSON per specialist, ``bfcl``
+    one benchmark JSON per specialist.
     """
     for name, out in outputs.items():
         if name == "parity":
             rows = parity_rows({spec: read_json(p) for spec, p in zip(specialists, inputs["parity"])})
+        elif name == "bfcl":
+            rows = bfcl_rows([read_json(p) for p in inputs["bfcl"]])
         else:
             rows = TABLES[name](inputs[name])
         write_csv(out, rows)

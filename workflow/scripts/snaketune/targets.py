@@ -44,4 +44,7 @@ def final_targets(config: dict) -> list[str]:
     ]
     if export["enabled"] and export["parity"]:
         targets.append("results/report/parity.csv")
+    if config["eval"].get("benchmarks"):
+        targets += [f"results/eval/benchmarks/{name}.json" for name in specialists]
+        targets.append("results/report/bfcl.csv")
     return targets
