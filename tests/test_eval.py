@@ -13,12 +13,12 @@ from snaketune.evaluation import (
     check_scoring_targets,
     evaluate,
     rescore_generations,
-    summarise,
     unscored_record,
     validate_result,
 )
 from snaketune.files import write_jsonl
 from snaketune.generation import generate, generate_one_at_a_time
+from snaketune.summary import summarise
 
 SETTINGS = {"name": "runner", "system_prompt": "Drive the emulator.", "focus_tools": [],
             "train": {"tools_rendered": "all"}}

@@ -1,6 +1,6 @@
 """Entry script of rule eval_summary."""
-from snaketune.evaluation import summarise
 from snaketune.provenance import rule_step
+from snaketune.summary import summarise
 
 with rule_step(snakemake):
     names = snakemake.params.specialists
