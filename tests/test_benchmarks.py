@@ -228,9 +228,21 @@ def tiny_base(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("tiny")
     write_jsonl(tmp / "train.jsonl", [normalise_row(r) for r in generate_demo_rows(40, seed=3)])
-    build_tiny_base(tmp / "train.jsonl", tmp / "base",
-                    {"architecture": "qwen2", "vocab_size": 512, "hidden_size": 32, "intermediate_size": 64,
-                     "num_layers": 1, "num_heads": 2, "num_kv_heads": 1, "seed": 1})
+    build_tiny_base(
+        tmp / "train.jsonl",
+        tmp / "base",
+        {
+            "architecture": "qwen2",
+            "vocab_size": 512,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_layers": 1,
+            "num_heads": 2,
+            "num_kv_heads": 1,
+            "seed": 1,
+        },
+        config_path="config/config.yaml",
+    )
     return {"name_or_path": str(tmp / "base")}
 
 

@@ -303,9 +303,21 @@ def tiny_base_cfg(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("tinybase")
     write_jsonl(tmp / "train.jsonl", [normalise_row(r) for r in generate_demo_rows(40, seed=3)])
-    build_tiny_base(tmp / "train.jsonl", tmp / "base",
-                    {"architecture": "qwen2", "vocab_size": 512, "hidden_size": 32, "intermediate_size": 64,
-                     "num_layers": 1, "num_heads": 2, "num_kv_heads": 1, "seed": 1})
+    build_tiny_base(
+        tmp / "train.jsonl",
+        tmp / "base",
+        {
+            "architecture": "qwen2",
+            "vocab_size": 512,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_layers": 1,
+            "num_heads": 2,
+            "num_kv_heads": 1,
+            "seed": 1,
+        },
+        config_path="config/config.yaml",
+    )
     return {"name_or_path": str(tmp / "base")}
 
 
@@ -318,7 +330,7 @@ def test_evaluate_writes_a_valid_result_in_either_scoring(tmp_path, tiny_base_cf
     result = evaluate(base_cfg=tiny_base_cfg, test_path=tmp_path / "test.jsonl", settings=SETTINGS,
                       eval_cfg={"batch_size": 2, "max_new_tokens": 6, "targets": targets, "scoring": scoring},
                       out_json=out["result"], out_generations=tmp_path / "g.jsonl", out_timing=out["timing"],
-                      threads=1, progress=False)
+                      threads=1, progress=False, config_path="config/config.yaml")
     assert result["scoring"] == scoring and result["n_examples"] == 2
     assert ("ast_accuracy" in result["metrics"]) == (scoring == "bfcl")
     assert set(result["targets"]) == set(targets)

@@ -192,5 +192,14 @@ def read_summaries(paths) -> list[dict]:
     return [read_json(p) for p in sorted(paths, key=str)]
 
 
-__all__ = ["LEADERBOARD_COLUMNS", "benchmark_table", "category_of", "evaluate_benchmarks",
-           "in_leaderboard_order", "prepare_benchmark", "summarise_benchmarks"]
+__all__ = [
+    "benchmark_table",
+    "category_of",
+    "evaluate_benchmarks",
+    "prepare_benchmark",
+    "summarise_benchmarks",
+    "read_summaries",
+    "prompt_settings",
+    "sample_indices",
+    "validate_benchmark_result",
+]

@@ -608,3 +608,30 @@ def check_case(case: dict, pred_calls: list[dict], valid: bool) -> dict:
     if not valid and pred_calls:
         return {"valid": False, "error_type": "ast_decoder:decoder_failed"}
     return check(case["functions"], decoded(pred_calls), case["ground_truth"], case["category"])
+
+
+__all__ = [
+    "BFCL_VERSION",
+    "BFCL_WHEEL_SHA256",
+    "PYTHON_AST_CATEGORIES",
+    "LEADERBOARD_COLUMNS",
+    "in_leaderboard_order",
+    "TYPE_MAP",
+    "OPTIONAL",
+    "to_json_schema",
+    "first_acceptable",
+    "category_of",
+    "convert_case",
+    "read_category",
+    "convert_category",
+    "fetch_wheel",
+    "norm_str",
+    "check_value",
+    "check_call",
+    "check",
+    "arg_counts",
+    "infer_category",
+    "case_from_row",
+    "decoded",
+    "check_case",
+]

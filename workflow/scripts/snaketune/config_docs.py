@@ -141,3 +141,12 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+__all__ = [
+    "key_rows",
+    "undocumented",
+    "render_table",
+    "update_readme",
+    "main",
+]

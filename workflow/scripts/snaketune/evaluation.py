@@ -34,7 +34,7 @@ from .generation import generate
 __all__ = [
     "test_subset", "build_prompts", "score_generations", "rescore_generations", "validate_result",
     "load_for_eval", "evaluate", "generate_records", "unscored_record", "score_record",
-    "check_scoring_targets",
+    "check_scoring_targets", "SCHEMA_PATH", "model_fingerprint",
 ]
 
 SCHEMA_PATH = Path(__file__).resolve().parents[3] / "config" / "schemas" / "eval_result.schema.yaml"

@@ -22,7 +22,7 @@ from .errors import SnaketuneError
 
 __all__ = [
     "parse_tool_calls", "gold_calls", "score_example", "aggregate", "targets_report", "text_exact_match",
-    "token_f1", "score_text", "aggregate_text"
+    "token_f1", "score_text", "aggregate_text", "SCORINGS",
 ]
 
 OPEN_TAG = "<tool_call>"

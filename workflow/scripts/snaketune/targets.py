@@ -48,3 +48,12 @@ def final_targets(config: dict) -> list[str]:
         targets += [f"results/eval/benchmarks/{name}.json" for name in specialists]
         targets.append("results/report/bfcl.csv")
     return targets
+
+
+__all__ = [
+    "QUANTS_BY_PRECISION",
+    "lora_base_quant",
+    "modelfile_quant",
+    "base_gguf_path",
+    "final_targets",
+]
