@@ -53,13 +53,15 @@ def test_malformed_json_names_file_and_line(tmp_path):
     assert "not valid JSON" in str(err) and str(err).startswith(f"{err.path}:3: ")
 
 
-def test_arguments_not_a_json_string(tmp_path):
+def test_arguments_as_an_object_are_the_string_row_and_a_number_is_refused(tmp_path):
     row = chat("a")
     row["messages"][1]["tool_calls"][0]["function"]["arguments"] = {"frames": 60}
+    assert normalise_row(row) == normalise_row(chat("a"))  # the HF chat-template convention: same row, same id
+    row["messages"][1]["tool_calls"][0]["function"]["arguments"] = 60
     err = error_of(tmp_path, [chat("ok"), row])
     assert err.line == 2
     assert err.field == "messages[1].tool_calls[0].function.arguments"
-    assert "not of type string" in err.problem
+    assert "not of type string or object" in err.problem
 
 
 def test_arguments_that_do_not_parse(tmp_path):
@@ -81,7 +83,7 @@ def test_arguments_violate_parameter_schema(tmp_path):
 
 def test_missing_messages_and_unknown_role(tmp_path):
     err = error_of(tmp_path, [{"tools": TOOLS}])
-    assert "neither chat" in err.problem and err.line == 1
+    assert "unknown row shape (keys: tools)" in err.problem and err.line == 1
     row = chat("a")
     row["messages"][0]["role"] = "human"
     err = error_of(tmp_path, [row])

@@ -9,19 +9,29 @@ from snaketune.config import (  # noqa: E402
     check_config,
     check_inputs,
     fill_stage_defaults,
+    layered_config,
     load_schema,
     specialist_settings as _specialist_settings,
 )
 from snaketune.chat_template import prompt_tools_rendered  # noqa: E402
 
 CONFIG_SCHEMA = str(Path(workflow.basedir) / "config" / "schemas" / "config.schema.yaml")
+# Config layering: Snakemake deep-merges --configfile into the `configfile:` default, but a user's file that
+# names `specialists` or `data.sources` replaces the default's. Rebuild the config from the same files (then
+# the --config values), remembering which file set each key so that errors name it.
+_user_files = [str(path) for path in workflow.overwrite_configfiles or []]
+_default_file = next((str(p) for p in workflow.configfiles if str(p) not in _user_files), None)
+CONFIG_LAYERS = layered_config(None if workflow.config_settings.replace_workflow_config else _default_file,
+                               _user_files, workflow.config_settings.config)
+config.clear()
+config.update(CONFIG_LAYERS.config)
 # Name the file the user edits in error messages (the last --configfile wins over config/config.yaml).
 CONFIG_PATH = str((list(workflow.overwrite_configfiles or []) or ["config/config.yaml"])[-1])
 _schema = load_schema(CONFIG_SCHEMA)
-check_config(config, _schema, CONFIG_PATH)
+check_config(config, _schema, CONFIG_LAYERS)
 validate(config, CONFIG_SCHEMA)
 fill_stage_defaults(config, _schema)
-check_inputs(config, CONFIG_PATH)
+check_inputs(config, CONFIG_LAYERS)
 
 SPECIALISTS = sorted(config["specialists"])
 
@@ -43,7 +53,7 @@ def eval_settings(name):
     """What eval uses of a specialist: editing its training settings must not rerun its base eval,
     except how prompts show the tools, which both evals render as training did."""
     settings = specialist_settings(name)
-    return {**{key: settings[key] for key in ("name", "system_prompt", "focus_tools")},
+    return {**{key: settings[key] for key in ("name", "system_prompt", "system_prompt_mode", "focus_tools")},
             "train": {"tools_rendered": prompt_tools_rendered(settings)}}
 
 
@@ -52,18 +62,22 @@ def specialist_resources(name):
 
 
 def data_sources():
-    """Raw JSONL files the data stage reads: the demo file (when enabled) and the configured ones."""
-    paths = [source["path"] for source in config["data"]["sources"]]
-    if config["data"]["demo"]["enabled"]:
-        paths.insert(0, "results/data/raw/demo.jsonl")
-    return paths
+    """Raw files the data stage reads: the demo file (when enabled), the configured ones and BFCL answers."""
+    specs = data_source_specs()
+    return [spec["path"] for spec in specs] + [spec["answers"] for spec in specs if spec.get("answers")]
 
 
-def source_formats():
-    formats = {source["path"]: source.get("format", "auto") for source in config["data"]["sources"]}
+def data_source_specs():
+    """data.sources as the data stage reads them (path, format, options, answers, split), demo first."""
+    specs = [dict(source) for source in config["data"]["sources"]]
     if config["data"]["demo"]["enabled"]:
-        formats["results/data/raw/demo.jsonl"] = "chat"
-    return formats
+        specs.insert(0, {"path": "results/data/raw/demo.jsonl", "format": "chat"})
+    return specs
+
+
+def data_config_files():
+    """The file each config key the data stage names in its errors came from."""
+    return CONFIG_LAYERS.files_of("specialists", "data.split")
 
 
 def uses_tiny_base():
