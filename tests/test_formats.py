@@ -14,9 +14,16 @@ from snaketune.formats import check_options, read_rows
 
 FIXTURES = Path(__file__).resolve().parent / "formats"
 # The axolotl dataset block the fixture is written for, pasted under options (its path is the source's).
-AXOLOTL_OPTIONS = {k: v for k, v in yaml.safe_load((FIXTURES / "axolotl.config.yaml").read_text())["datasets"][0].items()
-                   if k != "path"}
-FORMATS = {"sharegpt": ("sharegpt", {}), "axolotl": ("axolotl", AXOLOTL_OPTIONS), "openai_object": ("chat", {})}
+AXOLOTL_OPTIONS = {
+    k: v
+    for k, v in yaml.safe_load((FIXTURES / "axolotl.config.yaml").read_text())["datasets"][0].items()
+    if k != "path"
+}
+FORMATS = {
+    "sharegpt": ("sharegpt", {}),
+    "axolotl": ("axolotl", AXOLOTL_OPTIONS),
+    "openai_object": ("chat", {}),
+}
 
 
 def read_jsonl(path: Path) -> list:
@@ -40,7 +47,10 @@ def test_canonical_rows_are_fixed_points_with_the_documented_ids():
 @pytest.mark.parametrize("name", sorted(FORMATS))
 def test_each_format_gives_the_canonical_rows_and_ids(name):
     declared, options = FORMATS[name]
-    rows = [normalise_row(raw, declared=declared, options=options) for raw in read_jsonl(FIXTURES / f"{name}.jsonl")]
+    rows = [
+        normalise_row(raw, declared=declared, options=options)
+        for raw in read_jsonl(FIXTURES / f"{name}.jsonl")
+    ]
     assert [core(r) for r in rows] == CANONICAL
     assert [r["id"] for r in rows] == IDS
 
@@ -83,8 +93,10 @@ def test_object_and_string_arguments_are_one_row():
         for call in message.get("tool_calls") or []:
             call["function"]["arguments"] = json.dumps(call["function"]["arguments"], indent=2)
     assert normalise_row(row) == normalise_row(as_string)
-    assert normalise_row(row)["messages"][-1]["tool_calls"][0]["function"]["arguments"] == \
-        CANONICAL[0]["messages"][-1]["tool_calls"][0]["function"]["arguments"]
+    assert (
+        normalise_row(row)["messages"][-1]["tool_calls"][0]["function"]["arguments"]
+        == CANONICAL[0]["messages"][-1]["tool_calls"][0]["function"]["arguments"]
+    )
 
 
 def test_unknown_shape_names_the_formats_and_the_keys_it_saw():
@@ -107,8 +119,12 @@ def test_options_are_checked_by_name():
         ("axolotl", {"field_mesages": "x"}, "field_mesages", "did you mean 'field_messages'"),
         ("axolotl", {"roles_to_train": ["user", "assistant"]}, "roles_to_train", "assistant turns only"),
         ("axolotl", {"roles": {"bot": ["gpt"]}}, "roles.bot", "not one of"),
-        ("axolotl", {"message_field_role": "from", "message_property_mappings": {"role": "speaker"}},
-         "message_field_role", "conflicts"),
+        (
+            "axolotl",
+            {"message_field_role": "from", "message_property_mappings": {"role": "speaker"}},
+            "message_field_role",
+            "conflicts",
+        ),
         ("sharegpt", {"columns": {"images": "pics"}}, "columns.images", "unknown sharegpt column"),
         ("sharegpt", {"tags": {"role_tag": ""}}, "tags.role_tag", "non-empty string"),
         ("chat", {"field_messages": "x"}, "field_messages", "takes no options"),
@@ -131,8 +147,12 @@ def run_stage(tmp_path: Path, name: str, text: str, declared: str, options: dict
     cwd = os.getcwd()
     os.chdir(work)
     try:
-        prepare_data([{"path": "data.jsonl", "format": declared, "options": options}], outputs,
-                     ratios={"train": 0.5, "val": 0.25, "test": 0.25}, seed=3)
+        prepare_data(
+            [{"path": "data.jsonl", "format": declared, "options": options}],
+            outputs,
+            ratios={"train": 0.5, "val": 0.25, "test": 0.25},
+            seed=3,
+        )
     finally:
         os.chdir(cwd)
     return {k: (work / "out" / f"{k}.jsonl").read_bytes() for k in ("train", "val", "test")}
@@ -144,11 +164,16 @@ def test_the_data_stage_writes_the_same_bytes_for_every_format(tmp_path):
         outputs[name] = run_stage(tmp_path, name, (FIXTURES / f"{name}.jsonl").read_text(), declared, options)
     # and as a file holding one JSON array of rows (LLaMA-Factory's .json datasets), with a BOM
     rows = read_jsonl(FIXTURES / "sharegpt.jsonl")
-    outputs["sharegpt-array"] = run_stage(tmp_path, "sharegpt-array", "\ufeff" + json.dumps(rows, indent=2),
-                                          "auto", {})
-    outputs["canonical"] = run_stage(tmp_path, "canonical", (FIXTURES / "canonical.jsonl").read_text(), "auto", {})
+    outputs["sharegpt-array"] = run_stage(
+        tmp_path, "sharegpt-array", "\ufeff" + json.dumps(rows, indent=2), "auto", {}
+    )
+    outputs["canonical"] = run_stage(
+        tmp_path, "canonical", (FIXTURES / "canonical.jsonl").read_text(), "auto", {}
+    )
     first = outputs.pop("canonical")
-    assert sorted(json.loads(line)["id"] for part in first.values() for line in part.splitlines()) == sorted(IDS)
+    assert sorted(json.loads(line)["id"] for part in first.values() for line in part.splitlines()) == sorted(
+        IDS
+    )
     for name, got in outputs.items():
         assert got == first, name
 
@@ -169,15 +194,31 @@ def test_a_json_array_file_names_each_row_by_its_line(tmp_path):
 
 # ------------------------------------------------------------------ BFCL
 
-QUESTION = {"id": "simple_python_7", "question": [[{"role": "user", "content": "Area of a 3 by 4 triangle?"}]],
-            "function": [{"name": "triangle_area", "description": "Area of a triangle.",
-                          "parameters": {"type": "dict", "properties": {
-                              "base": {"type": "float"}, "height": {"type": "float"},
-                              "unit": {"type": "string", "description": "optional"},
-                              "extra": {"type": "any"}, "dims": {"type": "tuple", "items": {"type": "integer"}}},
-                              "required": ["base", "height"]}}]}
-ANSWER = {"id": "simple_python_7", "ground_truth": [{"triangle_area": {"base": [3.0, 3], "height": [4],
-                                                                       "unit": ["", "units"]}}]}
+QUESTION = {
+    "id": "simple_python_7",
+    "question": [[{"role": "user", "content": "Area of a 3 by 4 triangle?"}]],
+    "function": [
+        {
+            "name": "triangle_area",
+            "description": "Area of a triangle.",
+            "parameters": {
+                "type": "dict",
+                "properties": {
+                    "base": {"type": "float"},
+                    "height": {"type": "float"},
+                    "unit": {"type": "string", "description": "optional"},
+                    "extra": {"type": "any"},
+                    "dims": {"type": "tuple", "items": {"type": "integer"}},
+                },
+                "required": ["base", "height"],
+            },
+        }
+    ],
+}
+ANSWER = {
+    "id": "simple_python_7",
+    "ground_truth": [{"triangle_area": {"base": [3.0, 3], "height": [4], "unit": ["", "units"]}}],
+}
 
 
 def bfcl_files(tmp_path, questions, answers):
@@ -194,14 +235,24 @@ def test_bfcl_rows_map_python_types_and_keep_their_answers(tmp_path):
     params = row["tools"][0]["function"]["parameters"]
     assert params["type"] == "object" and params["properties"]["base"] == {"type": "number"}
     assert params["properties"]["extra"] == {} and params["properties"]["dims"]["type"] == "array"
-    assert json.loads(row["messages"][-1]["tool_calls"][0]["function"]["arguments"]) == {"base": 3.0, "height": 4,
-                                                                                          "unit": "units"}
-    assert row["possible_answer"] == [{"name": "triangle_area", "arguments": ANSWER["ground_truth"][0]["triangle_area"]}]
+    assert json.loads(row["messages"][-1]["tool_calls"][0]["function"]["arguments"]) == {
+        "base": 3.0,
+        "height": 4,
+        "unit": "units",
+    }
+    assert row["possible_answer"] == [
+        {"name": "triangle_area", "arguments": ANSWER["ground_truth"][0]["triangle_area"]}
+    ]
     assert row["bfcl"]["id"] == "simple_python_7" and row["bfcl"]["category"] == "simple_python"
     # same content, another BFCL id: one row (possible_answer and bfcl are not part of the id)
     assert len(loaded.rows) == 1 and loaded.duplicates == 1
     # counted over the rows kept
-    assert dict(loaded.type_counts) == {"dict->object": 1, "float->number": 2, "any->untyped": 1, "tuple->array": 1}
+    assert dict(loaded.type_counts) == {
+        "dict->object": 1,
+        "float->number": 2,
+        "any->untyped": 1,
+        "tuple->array": 1,
+    }
 
 
 def test_bfcl_question_without_an_answer_is_its_line(tmp_path):
@@ -212,14 +263,27 @@ def test_bfcl_question_without_an_answer_is_its_line(tmp_path):
 
 
 def test_python_types_in_a_chat_row_say_how_to_map_them():
-    row = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}],
-           "tools": [{"type": "function", "function": {"name": "f", "parameters": {
-               "type": "dict", "properties": {"x": {"type": "float"}, "y": {"type": "tuple"}, "z": {"type": "any"}}}}}]}
+    row = {
+        "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}],
+        "tools": [
+            {
+                "type": "function",
+                "function": {
+                    "name": "f",
+                    "parameters": {
+                        "type": "dict",
+                        "properties": {"x": {"type": "float"}, "y": {"type": "tuple"}, "z": {"type": "any"}},
+                    },
+                },
+            }
+        ],
+    }
     with pytest.raises(SnaketuneError) as info:
         normalise_row(row)
     assert info.value.field == "tools[0].function.parameters"
-    assert info.value.fix.startswith("write JSON Schema types: any -> (no type), dict -> object, float -> number, "
-                                     "tuple -> array")
+    assert info.value.fix.startswith(
+        "write JSON Schema types: any -> (no type), dict -> object, float -> number, tuple -> array"
+    )
 
 
 def test_every_bfcl_python_case_converts(bfcl_wheel):
@@ -235,14 +299,17 @@ def test_every_bfcl_python_case_converts(bfcl_wheel):
         for line, (question, _) in enumerate(pairs, 1):
             total += 1
             try:
-                _, notes = convert_row(question, path=category, line=line, declared="bfcl",
-                                       options={"answers": answers})
+                _, notes = convert_row(
+                    question, path=category, line=line, declared="bfcl", options={"answers": answers}
+                )
             except SnaketuneError as err:
                 refused.append((question["id"], err.field, err.problem))
                 continue
             for key, n in notes["type_counts"].items():
                 types[key] = types.get(key, 0) + n
     assert total == 2351
-    assert [(i, "non-empty" in p) for i, _, p in refused] == [("live_simple_106-63-0", True),
-                                                              ("live_simple_112-68-0", True)]
+    assert [(i, "non-empty" in p) for i, _, p in refused] == [
+        ("live_simple_106-63-0", True),
+        ("live_simple_112-68-0", True),
+    ]
     assert set(types) == {"dict->object", "float->number", "tuple->array", "any->untyped"}

@@ -53,10 +53,17 @@ class LayeredConfig:
     """The config as the layers make it, and which file set each key (``file_of``)."""
 
     config: dict
-    origins: dict = field(default_factory=dict)  # "data.split.seed" / "specialists" -> file
+    origins: dict = field(default_factory=dict)  # "data.split.seed" / "specialists" -> file (replaced values)
     default_path: str = "config/config.yaml"
+    layers: list = field(default_factory=list)  # file names, first to last
 
     def file_of(self, key: str | None) -> str:
+        """The file to name for ``key``: the one that set it (or the nearest parent that was set whole); for a
+        mapping that several files merged into, the last file that set something inside it."""
+        key = key or ""
+        inside = [name for path, name in self.origins.items() if path.startswith((key + ".", key + "["))]
+        if key and key not in self.origins and inside:
+            return max(inside, key=self.layers.index)
         return origin_of(self.origins, key, self.default_path)
 
     def files_of(self, *keys: str) -> dict:
@@ -87,8 +94,7 @@ def _merge_layer(acc: dict, layer: dict, origins: dict, name: str, prefix: str =
     for key, value in layer.items():
         dotted = f"{prefix}{key}"
         if isinstance(value, dict) and isinstance(acc.get(key), dict) and dotted not in REPLACED_KEYS:
-            origins[dotted] = name
-            _merge_layer(acc[key], value, origins, name, dotted + ".")
+            _merge_layer(acc[key], value, origins, name, dotted + ".")  # the mapping keeps its first file
             continue
         acc[key] = copy.deepcopy(value)
         for old in [k for k in origins if k.startswith((dotted + ".", dotted + "["))]:
@@ -115,7 +121,7 @@ def layered_config(default_path, user_paths=(), overrides=None) -> LayeredConfig
     for name, layer in layers:
         _merge_layer(config, layer, origins, name)
     default = display_path(default_path) if default_path is not None else (layers[0][0] if layers else "")
-    return LayeredConfig(config, origins, default or "config/config.yaml")
+    return LayeredConfig(config, origins, default or "config/config.yaml", [name for name, _ in layers])
 
 
 def load_schema(path) -> dict:
