@@ -143,6 +143,7 @@ class Where:
         self.calls: list[list[str] | None] = []  # canonical message index -> source path of each call
         self.args: list[list[str] | None] = []  # ... and of each call's arguments
         self.tools: list[str] = []  # canonical tool index -> source path of the function object
+        self.keep_suffix = False  # messages[i].role stays .role (chat rows: their keys are the canonical ones)
 
     def source_field(self, field: str | None) -> str | None:
         if not field:
@@ -155,7 +156,7 @@ class Where:
             return self.calls[int(m.group(1))][int(m.group(2))] + m.group(3)
         m = re.match(r"messages\[(\d+)\](.*)$", field)
         if m and int(m.group(1)) < len(self.msg):
-            return self.msg[int(m.group(1))]
+            return self.msg[int(m.group(1))] + (m.group(2) if self.keep_suffix else "")
         m = re.match(r"tools\[(\d+)\]\.function(.*)$", field)
         if m and int(m.group(1)) < len(self.tools):
             return self.tools[int(m.group(1))] + m.group(2)
@@ -677,7 +678,7 @@ def _convert_messages(row, s, strict_roles: bool):
             )
         msgs.append((mapped, m, p))
     # field_system: axolotl prepends it when the first message is not a system turn
-    sys_val = row.get(s["field_system"])
+    sys_val = row.get(s["field_system"]) if s["field_system"] else None
     if msgs[0][0] != "system" and sys_val is not None:
         if not isinstance(sys_val, str):
             raise ConvertError(
@@ -741,8 +742,9 @@ def convert_chat(row: dict, options: dict | None = None):
             "legacy OpenAI 'functions' list",
             "rename it to tools: [{type: function, function: ...}]",
         )
-    s = axolotl_settings({"roles": {r: [r] for r in CANONICAL_ROLES}})
+    s = {**axolotl_settings({"roles": {r: [r] for r in CANONICAL_ROLES}}), "field_system": None}
     messages, where = _convert_messages(row, s, strict_roles=True)
+    where.keep_suffix = True
     tools = convert_tools(row.get("tools"), "tools", where)
     return {"messages": messages, "tools": tools}, where
 
