@@ -453,6 +453,18 @@ def test_config_errors_of_the_data_stage_name_the_file_the_key_came_from(tmp_pat
     )
 
 
+def test_the_report_table_shows_the_summary(tmp_path):
+    from snaketune.report_tables import split_stats_rows
+
+    src = write(tmp_path / "src.jsonl", [chat(f"run {i}", args=json.dumps({"frames": i})) for i in range(10)]
+                + [chat("run 1", args='{"frames": 1}'), chat("x", name="nope")])
+    stats = prepare_data({str(src): "auto"}, stage_outputs(tmp_path), ratios={"train": 0.8, "val": 0.1, "test": 0.1},
+                         seed=1, on_invalid="skip")
+    rows = split_stats_rows(stats)
+    assert rows[-3][:2] == ["all", "10"]
+    assert rows[-2][:2] == ["skipped: rejected.jsonl", "1"] and rows[-1][:2] == ["duplicates", "1"]
+
+
 # ------------------------------------------------------------------ end to end (real Snakemake)
 
 from pipeline import make_workdir, planned_jobs, snakemake  # noqa: E402
