@@ -1,7 +1,9 @@
-"""Data stage: validate raw JSONL rows, normalise them, give them ids, dedupe, split with a seed.
+"""Data stage: read the sources in their formats (snaketune.formats), check and normalise each row, give it
+an id, dedupe, keep eval-only sources out of training, split with a seed.
 
-Every error a user can fix is a SnaketuneError naming file, line and field. Nothing is written
-unless every step succeeds (outputs go through files.atomic_path).
+Every error a user can fix is a SnaketuneError naming file, line and field (as the source spells it).
+Nothing is written unless every step succeeds (outputs go through files.atomic_path); skipped rows are
+written even then, beside the log, when a later check stops the stage.
 """
 
 from __future__ import annotations
@@ -100,13 +102,6 @@ def iter_lines(path):
     return formats.read_rows(path)
 
 
-def detect_format(row, declared: str = "auto") -> str:
-    try:
-        return formats.detect_format(row, declared)
-    except formats.ConvertError:
-        return "unknown"
-
-
 # ---------------------------------------------------------------- validation + normalisation
 
 
@@ -128,15 +123,37 @@ def _python_types(schema) -> list[str]:
     return sorted(found)
 
 
+# Rows of a dataset share a few tools: each distinct schema is checked once (check_schema is the costly part).
+_SCHEMA_FAULTS: dict[str, jsonschema.SchemaError | None] = {}
+_ARGUMENT_VALIDATORS: dict[str, jsonschema.protocols.Validator] = {}
+_CACHE_LIMIT = 4096
+
+
+def _cached(cache: dict, params: dict, make):
+    key = json.dumps(params, sort_keys=True, ensure_ascii=False)
+    if key not in cache:
+        if len(cache) >= _CACHE_LIMIT:
+            cache.clear()
+        cache[key] = make(params)
+    return cache[key]
+
+
+def _schema_fault(params: dict):
+    try:
+        jsonschema.Draft202012Validator.check_schema(params)
+    except jsonschema.SchemaError as err:
+        return err
+    return None
+
+
 def _check_tool_schemas(tools) -> None:
     """Every tool's parameters is a JSON Schema, whether the row calls it or not (it goes into prompts)."""
     for j, tool in enumerate(tools):
         params = tool["function"].get("parameters")
         if not params:
             continue
-        try:
-            jsonschema.Draft202012Validator.check_schema(params)
-        except jsonschema.SchemaError as err:
+        err = _cached(_SCHEMA_FAULTS, params, _schema_fault)
+        if err is not None:
             python = _python_types(params)
             fix = (
                 (
@@ -152,7 +169,7 @@ def _check_tool_schemas(tools) -> None:
                 f"tool {tool['function']['name']!r} has an invalid parameters schema: {schema_problem(err)}",
                 field=f"tools[{j}].function.parameters",
                 fix=fix,
-            ) from None
+            )
 
 
 def _check_tool_calls(row, lenient: bool = False) -> int:
@@ -180,9 +197,8 @@ def _check_tool_calls(row, lenient: bool = False) -> int:
                 )
             params = tools[name].get("parameters")
             if params:
-                err = jsonschema.exceptions.best_match(
-                    jsonschema.Draft202012Validator(params).iter_errors(args)
-                )
+                validator = _cached(_ARGUMENT_VALIDATORS, params, jsonschema.Draft202012Validator)
+                err = jsonschema.exceptions.best_match(validator.iter_errors(args))
                 if err is not None and lenient:
                     outside += 1
                 elif err is not None:

@@ -90,8 +90,20 @@ class JSONError(ValueError):
 
 def loads_strict(text: str):
     """json.loads that refuses NaN, Infinity and numbers that overflow to them (RFC 8259), as JSONError."""
+    seen = []  # set when a NaN / Infinity was parsed: only then is the value searched for its place
+
+    def constant(token):
+        seen.append(token)
+        return _NonFinite(token)
+
+    def number(token):
+        value = _parse_float(token)
+        if isinstance(value, _NonFinite):
+            seen.append(token)
+        return value
+
     try:
-        value = json.loads(text, parse_constant=_NonFinite, parse_float=_parse_float)
+        value = json.loads(text, parse_constant=constant, parse_float=number)
     except json.JSONDecodeError as err:
         raise JSONError(f"{err.msg} (column {err.colno})") from None
     except RecursionError:
@@ -100,7 +112,7 @@ def loads_strict(text: str):
         ) from None
     except ValueError as err:  # e.g. an integer past Python's digit limit
         raise JSONError(str(err).splitlines()[0]) from None
-    found = _non_finite_at(value)
+    found = _non_finite_at(value) if seen else None
     if found is not None:
         parts, token = found
         raise non_finite_error(token, parts)
