@@ -249,3 +249,20 @@ def test_the_eval_json_records_the_mode(tmp_path):
     )
     assert result["generation"]["system_prompt_mode"] == "keep"
     assert json.loads((tmp_path / "e.json").read_text())["generation"]["system_prompt_mode"] == "keep"
+
+
+@pytest.mark.e2e
+def test_command_line_values_apply_on_top_of_the_files(tmp_path):
+    """Through Snakemake: --configfile replaces the specialists, --config replaces them again."""
+    from pipeline import make_workdir, planned_jobs, snakemake
+
+    work = make_workdir(tmp_path / "w", yaml.safe_load((REPO / "config/config.yaml").read_text()))
+    write_yaml(work / "one.yaml", {"specialists": {"solo": {}}})
+    assert planned_jobs(work, "--configfile", "one.yaml")["train"] == 1
+    args = ("--configfile", "one.yaml", "--config", "specialists={'left': {}, 'right': {}}")
+    assert planned_jobs(work, *args)["train"] == 2
+    dry = snakemake(work, "-n", *args).stdout
+    assert "results/adapters/left" in dry and "results/adapters/right" in dry and "solo" not in dry
+    proc = snakemake(work, "-n", "--configfile", "one.yaml", "--config", "eval={'batch_size': 0}", check=False)
+    assert proc.returncode != 0
+    assert "--config: eval.batch_size: '0' is not of type integer" in proc.stdout + proc.stderr  # Snakemake's parse
