@@ -134,7 +134,7 @@ def test_options_are_checked_by_name():
         assert info.value.field == field and words in str(info.value), str(info.value)
 
 
-# ------------------------------------------------------------------ the data stage: same bytes from any format
+# ------------------------------------------------------------------ the data stage: same bytes, any format
 
 
 def run_stage(tmp_path: Path, name: str, text: str, declared: str, options: dict) -> dict:
@@ -348,6 +348,6 @@ def test_the_pipeline_splits_axolotl_and_openai_rows_into_the_same_bytes(tmp_pat
         write_variants(work / "rows.jsonl", read_jsonl(FIXTURES / f"{name}.jsonl"))
         proc = snakemake(work, "results/data/split_stats.json")
         assert "kept 12, skipped 0, duplicates 0: see results/data/rejected.jsonl" in proc.stdout
-        runs[name] = {k: (work / "results/data" / f"{k}.jsonl").read_bytes() for k in ("train", "val", "test")}
+        runs[name] = {k: (work / f"results/data/{k}.jsonl").read_bytes() for k in ("train", "val", "test")}
     assert runs["axolotl"] == runs["openai_object"]
     assert sum(len(part.splitlines()) for part in runs["axolotl"].values()) == 12

@@ -155,7 +155,7 @@ class Where:
         self.calls: list[list[str] | None] = []  # canonical message index -> source path of each call
         self.args: list[list[str] | None] = []  # ... and of each call's arguments
         self.tools: list[str] = []  # canonical tool index -> source path of the function object
-        self.keep_suffix = False  # messages[i].role stays .role (chat rows: their keys are the canonical ones)
+        self.keep_suffix = False  # messages[i].role stays .role (chat rows' keys are the canonical ones)
 
     def source_field(self, field: str | None) -> str | None:
         if not field:
