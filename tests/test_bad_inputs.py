@@ -2,7 +2,9 @@
 the file and line or the config key, the problem and the fix, and leaves no new file under results/.
 
 A case that fails after the data stage names the targets to build first (``prepare``: their files are
-not new), its own ``target``, and the environment of the run (``env``, ``{workdir}`` expanded)."""
+not new), its own ``target``, and the environment of the run (``env``, ``{workdir}`` expanded). A case may
+add command-line arguments (``args``, e.g. a user's ``--configfile``) and name files the failed run must
+leave outside results/ (``leaves``: {path: pieces of its text})."""
 
 import os
 import shutil
@@ -61,9 +63,13 @@ def test_bad_input_is_refused_clearly(name, tmp_path):
     if case.get("prepare"):
         snakemake(work, *case["prepare"], timeout=600)
     before = files_under(work)
-    proc = snakemake(work, case.get("target", TARGET), check=False, timeout=600, env=case_env(case, work))
+    proc = snakemake(work, case.get("target", TARGET), *case.get("args", []), check=False, timeout=600,
+                     env=case_env(case, work))
     output = proc.stdout + proc.stderr
     assert proc.returncode != 0, output[-3000:]
     lines = [line for line in output.splitlines() if all(piece in line for piece in case["expect"])]
     assert lines, f"no line holds all of {case['expect']}:\n{output[-4000:]}"
     assert files_under(work) <= before, f"new files: {sorted(files_under(work) - before)}"
+    for path, pieces in (case.get("leaves") or {}).items():
+        text = (work / path).read_text()
+        assert all(piece in text for piece in pieces), f"{path} lacks one of {pieces}:\n{text}"

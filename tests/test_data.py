@@ -56,13 +56,17 @@ def test_malformed_json_names_file_and_line(tmp_path):
     assert "not valid JSON" in str(err) and str(err).startswith(f"{err.path}:3: ")
 
 
-def test_arguments_not_a_json_string(tmp_path):
+def test_arguments_as_an_object_are_the_string_row_and_a_number_is_refused(tmp_path):
     row = chat("a")
     row["messages"][1]["tool_calls"][0]["function"]["arguments"] = {"frames": 60}
+    assert normalise_row(row) == normalise_row(
+        chat("a")
+    )  # the HF chat-template convention: same row, same id
+    row["messages"][1]["tool_calls"][0]["function"]["arguments"] = 60
     err = error_of(tmp_path, [chat("ok"), row])
     assert err.line == 2
     assert err.field == "messages[1].tool_calls[0].function.arguments"
-    assert "not of type string" in err.problem
+    assert "not of type string or object" in err.problem
 
 
 def test_arguments_that_do_not_parse(tmp_path):
@@ -84,7 +88,7 @@ def test_arguments_violate_parameter_schema(tmp_path):
 
 def test_missing_messages_and_unknown_role(tmp_path):
     err = error_of(tmp_path, [{"tools": TOOLS}])
-    assert "neither chat" in err.problem and err.line == 1
+    assert "unknown row shape (keys: tools)" in err.problem and err.line == 1
     row = chat("a")
     row["messages"][0]["role"] = "human"
     err = error_of(tmp_path, [row])
@@ -201,6 +205,279 @@ def test_prepare_data_writes_everything_or_nothing(tmp_path):
     assert len(Path(outputs["test"]).read_text().splitlines()) == 3
 
 
+# ------------------------------------------------------------------ input hygiene
+
+
+def test_a_bom_on_line_one_is_accepted(tmp_path):
+    src = tmp_path / "bom.jsonl"
+    src.write_bytes(b"\xef\xbb\xbf" + (json.dumps(chat("a")) + "\n" + json.dumps(chat("b")) + "\n").encode())
+    loaded = load_sources({str(src): "auto"})
+    assert [r["messages"][0]["content"] for r in loaded.rows] == ["a", "b"]
+    assert loaded.rows[0]["id"] == normalise_row(chat("a"))["id"]
+
+
+@pytest.mark.parametrize(
+    "text,field",
+    [
+        ('{"frames": NaN}', "messages[1].tool_calls[0].function.arguments.frames"),
+        ('{"frames": [1, Infinity]}', "messages[1].tool_calls[0].function.arguments.frames[1]"),
+        ('{"frames": -Infinity}', "messages[1].tool_calls[0].function.arguments.frames"),
+        ('{"frames": 1e999}', "messages[1].tool_calls[0].function.arguments.frames"),
+    ],
+)
+def test_nan_and_infinity_inside_arguments_are_refused_with_their_field(tmp_path, text, field):
+    err = error_of(tmp_path, [chat("ok"), chat("bad", args=text)])
+    assert err.line == 2 and err.field == field, str(err)
+    assert "RFC 8259" in err.problem and err.fix
+
+
+def test_nan_anywhere_in_a_row_is_refused_with_its_field(tmp_path):
+    line = json.dumps(chat("a")).replace('"content": "a"', '"content": NaN')
+    err = error_of(tmp_path, [chat("ok"), line])
+    assert (err.line, err.field) == (2, "messages[0].content") and "NaN is not valid JSON" in err.problem
+    line = json.dumps({"instruction": "x", "output": "y", "score": 1}).replace("1}", "Infinity}")
+    err = error_of(tmp_path, [line])
+    assert (err.line, err.field) == (1, "score")
+
+
+def test_every_tool_schema_is_checked_called_or_not(tmp_path):
+    broken = {"type": "function", "function": {"name": "mesen2.broken", "parameters": {"type": "strnig"}}}
+    err = error_of(tmp_path, [chat("a", tools=TOOLS + [broken])])
+    assert err.field == "tools[2].function.parameters" and "mesen2.broken" in err.problem
+
+
+def test_enum_errors_list_every_allowed_value(tmp_path):
+    values = [f"bank_{i:02d}_of_the_cartridge" for i in range(30)]
+    tool = {
+        "type": "function",
+        "function": {
+            "name": "pick",
+            "parameters": {"type": "object", "properties": {"bank": {"enum": values}}},
+        },
+    }
+    err = error_of(tmp_path, [chat("a", name="pick", args='{"bank": "bank_99"}', tools=[tool])])
+    assert err.field == "messages[1].tool_calls[0].function.arguments.bank"
+    assert all(f"'{v}'" in err.problem for v in values) and err.problem.endswith(
+        "'bank_29_of_the_cartridge']"
+    )
+
+
+# ------------------------------------------------------------------ acceptable answers (possible_answer)
+
+
+def answered(answer, args='{"frames": 60}'):
+    return dict(chat("run 60 frames", args=args), possible_answer=answer)
+
+
+def test_possible_answer_is_kept_and_not_part_of_the_id():
+    answer = [{"name": "mesen2.run", "arguments": {"frames": [60, 60.0], "speed": ["", 1]}}]
+    row = normalise_row(answered(answer))
+    assert row["possible_answer"] == answer and row["id"] == normalise_row(chat("run 60 frames"))["id"]
+    nested = [{"name": "mesen2.run", "arguments": {"frames": [{"n": [60], "unit": ["", "frames"]}]}}]
+    tool = {"type": "function", "function": {"name": "mesen2.run", "parameters": {"type": "object"}}}
+    assert normalise_row(dict(chat("x", args='{"frames": {"n": 60}}', tools=[tool]), possible_answer=nested))
+
+
+@pytest.mark.parametrize(
+    "answer,field,words",
+    [
+        ([], "possible_answer", "0 item(s) for the last turn's 1 call(s)"),
+        ([{"name": "mesen2.load_rom", "arguments": {}}], "possible_answer[0].name", "'mesen2.load_rom'"),
+        (
+            [{"name": "mesen2.run", "arguments": {"frames": [30, 90]}}],
+            "possible_answer[0].arguments.frames",
+            "not among its acceptable values",
+        ),
+        (
+            [{"name": "mesen2.run", "arguments": {"frames": []}}],
+            "possible_answer[0].arguments.frames",
+            "non-empty",
+        ),
+        (
+            [{"name": "mesen2.run", "arguments": {"frames": [60], "speed": [2]}}],
+            "possible_answer[0].arguments.speed",
+            "leaves 'speed' out",
+        ),
+        (
+            [{"name": "mesen2.run", "arguments": {}}],
+            "possible_answer[0].arguments",
+            "has no acceptable values",
+        ),
+        (
+            [{"name": "mesen2.run", "arguments": {"frames": [True]}}],
+            "possible_answer[0].arguments.frames",
+            "not among",
+        ),
+    ],
+)
+def test_possible_answer_errors_name_the_field(tmp_path, answer, field, words):
+    err = error_of(tmp_path, [chat("ok"), answered(answer)])
+    assert err.line == 2 and err.field == field and words in err.problem, str(err)
+    assert err.fix
+
+
+def test_possible_answer_survives_dedupe_and_split(tmp_path):
+    rows = [
+        dict(
+            chat(f"run {i}", args=json.dumps({"frames": i})),
+            possible_answer=[{"name": "mesen2.run", "arguments": {"frames": [i]}}],
+        )
+        for i in range(20)
+    ]
+    src = write(tmp_path / "src.jsonl", rows + rows[:3])
+    outputs = {k: str(tmp_path / "out" / f"{k}.jsonl") for k in ("train", "val", "test", "rejected")}
+    outputs["stats"] = str(tmp_path / "out" / "stats.json")
+    stats = prepare_data(
+        [{"path": str(src)}], outputs, ratios={"train": 0.8, "val": 0.1, "test": 0.1}, seed=1
+    )
+    assert stats["duplicates_removed"] == 3
+    written = [
+        json.loads(line)
+        for k in ("train", "val", "test")
+        for line in Path(outputs[k]).read_text().splitlines()
+    ]
+    assert len(written) == 20
+    for row in written:
+        frames = json.loads(row["messages"][-1]["tool_calls"][0]["function"]["arguments"])["frames"]
+        assert row["possible_answer"] == [{"name": "mesen2.run", "arguments": {"frames": [frames]}}]
+
+
+# ------------------------------------------------------------------ eval-only sources
+
+
+def stage_outputs(tmp_path):
+    outputs = {k: str(tmp_path / "out" / f"{k}.jsonl") for k in ("train", "val", "test", "rejected")}
+    outputs["stats"] = str(tmp_path / "out" / "stats.json")
+    return outputs
+
+
+def test_eval_only_rows_go_to_test_and_nowhere_else(tmp_path):
+    train = write(
+        tmp_path / "train.jsonl", [chat(f"run {i}", args=json.dumps({"frames": i})) for i in range(30)]
+    )
+    bench = write(
+        tmp_path / "bench.jsonl", [chat(f"benchmark {i}", args=json.dumps({"frames": i})) for i in range(7)]
+    )
+    outputs = stage_outputs(tmp_path)
+    stats = prepare_data(
+        [{"path": str(train)}, {"path": str(bench), "split": "test"}],
+        outputs,
+        ratios={"train": 0.8, "val": 0.1, "test": 0.1},
+        seed=1,
+    )
+    splits = {
+        k: [json.loads(x) for x in Path(outputs[k]).read_text().splitlines()]
+        for k in ("train", "val", "test")
+    }
+    bench_ids = {
+        normalise_row(chat(f"benchmark {i}", args=json.dumps({"frames": i})))["id"] for i in range(7)
+    }
+    assert bench_ids <= {r["id"] for r in splits["test"]}
+    assert not bench_ids & {r["id"] for k in ("train", "val") for r in splits[k]}
+    assert stats["counts"] == {"train": 24, "val": 3, "test": 3 + 7} and stats["held_out"] == 7
+    assert stats["sources"][str(bench)]["split"] == "test"
+    assert [r["id"] for r in splits["test"]] == sorted(r["id"] for r in splits["test"])
+
+
+def test_an_eval_only_row_that_could_be_trained_on_is_leakage(tmp_path):
+    train = write(
+        tmp_path / "train.jsonl", [chat(f"run {i}", args=json.dumps({"frames": i})) for i in range(30)]
+    )
+    bench = write(tmp_path / "bench.jsonl", [chat("benchmark"), chat("run 4", args='{"frames": 4}')])
+    with pytest.raises(SnaketuneError) as info:  # the same row
+        load_sources([{"path": str(bench), "split": "test"}, {"path": str(train)}])
+    assert (info.value.path, info.value.line) == (str(train), 5) and f"{bench}:2" in info.value.problem
+    write(bench, [chat("benchmark"), chat("run 4", args='{"frames": 44}')])
+    with pytest.raises(SnaketuneError) as info:  # the same prompt, another answer
+        load_sources([{"path": str(bench), "split": "test"}, {"path": str(train)}])
+    assert (info.value.path, info.value.line) == (str(bench), 2)
+    assert f"{train}:5" in info.value.problem and "held-out" in info.value.problem
+
+
+# ------------------------------------------------------------------ skipped rows, the summary line
+
+
+def test_skipped_rows_carry_their_fix_and_the_summary_line_counts_them(tmp_path, capsys):
+    rows = [chat(f"run {i}", args=json.dumps({"frames": i})) for i in range(12)]
+    src = write(
+        tmp_path / "src.jsonl", rows[:6] + [chat("x", name="nope"), rows[0], '{"messages": 3}'] + rows[6:]
+    )
+    outputs = stage_outputs(tmp_path)
+    stats = prepare_data(
+        {str(src): "auto"}, outputs, ratios={"train": 0.8, "val": 0.1, "test": 0.1}, seed=1, on_invalid="skip"
+    )
+    rejected = [json.loads(x) for x in Path(outputs["rejected"]).read_text().splitlines()]
+    assert [(r["line"], r["field"]) for r in rejected] == [
+        (7, "messages[1].tool_calls[0].function.name"),
+        (9, "messages"),
+    ]
+    assert all(r["fix"] and r["problem"] and r["source"] == str(src) for r in rejected)
+    line = f"kept 12, skipped 2, duplicates 1: see {outputs['rejected']}"
+    assert stats["summary"] == line and line in capsys.readouterr().out.splitlines()
+
+
+def test_skip_with_too_few_rows_left_still_writes_the_rejected_rows(tmp_path):
+    src = write(
+        tmp_path / "src.jsonl", [chat("a"), chat("b", name="nope"), chat("c", args="{oops"), chat("d")]
+    )
+    outputs, log = stage_outputs(tmp_path), tmp_path / "logs" / "rejected.jsonl"
+    with pytest.raises(SnaketuneError) as info:
+        prepare_data(
+            {str(src): "auto"},
+            outputs,
+            ratios={"train": 0.8, "val": 0.1, "test": 0.1},
+            seed=1,
+            on_invalid="skip",
+            rejected_log=str(log),
+        )
+    assert "only 2 distinct valid rows" in info.value.problem and str(log) in info.value.problem
+    assert [json.loads(x)["line"] for x in log.read_text().splitlines()] == [2, 3]
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_config_errors_of_the_data_stage_name_the_file_the_key_came_from(tmp_path):
+    src = write(tmp_path / "src.jsonl", [chat(f"run {i}", args=json.dumps({"frames": i})) for i in range(30)])
+    with pytest.raises(SnaketuneError) as info:
+        prepare_data(
+            {str(src): "auto"},
+            stage_outputs(tmp_path),
+            ratios={"train": 0.8, "val": 0.1, "test": 0.1},
+            seed=1,
+            specialists={"loader": ["mesen2.load_rom"]},
+            config_files={"specialists": "my.yaml", "data.split": "config/config.yaml"},
+        )
+    assert str(info.value).startswith("my.yaml: specialists.loader.focus_tools: focus tool 'mesen2.load_rom'")
+    with pytest.raises(SnaketuneError) as info:
+        prepare_data(
+            {str(src): "auto"},
+            stage_outputs(tmp_path),
+            ratios={"train": 1.0, "val": 0.0, "test": 0.0},
+            seed=1,
+            specialists={"runner": ["mesen2.run"]},
+            config_files={"specialists": "my.yaml", "data.split": "split.yaml"},
+        )
+    assert str(info.value).startswith(
+        "split.yaml: data.split: the split leaves specialist 'runner' with no test"
+    )
+
+
+def test_the_report_table_shows_the_summary(tmp_path):
+    from snaketune.report_tables import split_stats_rows
+
+    src = write(tmp_path / "src.jsonl", [chat(f"run {i}", args=json.dumps({"frames": i})) for i in range(10)]
+                + [chat("run 1", args='{"frames": 1}'), chat("x", name="nope")])
+    stats = prepare_data(
+        {str(src): "auto"},
+        stage_outputs(tmp_path),
+        ratios={"train": 0.8, "val": 0.1, "test": 0.1},
+        seed=1,
+        on_invalid="skip",
+    )
+    rows = split_stats_rows(stats)
+    assert rows[-3][:2] == ["all", "10"]
+    assert rows[-2][:2] == ["skipped: rejected.jsonl", "1"] and rows[-1][:2] == ["duplicates", "1"]
+
+
 # ------------------------------------------------------------------ end to end (real Snakemake)
 
 from pipeline import make_workdir, planned_jobs, snakemake  # noqa: E402
@@ -261,6 +538,87 @@ def test_malformed_source_line_stops_with_file_and_line(tmp_path):
     assert proc.returncode != 0
     assert "mine.jsonl:3: not valid JSON" in proc.stdout + proc.stderr
     assert not (work / "results/data").exists() or not any((work / "results/data").rglob("*.jsonl"))
+
+
+def readme_section(title: str) -> str:
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    start = text.index(f"## {title}")
+    return text[start : text.index("\n## ", start + 1)]
+
+
+def dbg_rows(n: int = 40) -> list:
+    """Rows for the README's debugger specialist: OpenAI chat with object arguments (a format users have)."""
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": name,
+                "description": f"{name} at an address",
+                "parameters": {
+                    "type": "object",
+                    "properties": {"address": {"type": "integer"}},
+                    "required": ["address"],
+                },
+            },
+        }
+        for name in ("dbg.read", "dbg.write")
+    ]
+    return [
+        {
+            "messages": [
+                {"role": "user", "content": f"{('read', 'write')[i % 2]} at {i}"},
+                {
+                    "role": "assistant",
+                    "tool_calls": [
+                        {
+                            "type": "function",
+                            "function": {
+                                "name": ("dbg.read", "dbg.write")[i % 2],
+                                "arguments": {"address": i},
+                            },
+                        }
+                    ],
+                },
+            ],
+            "tools": tools,
+        }
+        for i in range(n)
+    ]
+
+
+@pytest.mark.e2e
+def test_readme_bring_your_own_data_runs_as_written(tmp_path):
+    """README "Bring your own data and model": its config file and command, on the default config/config.yaml,
+    run the data stage and plan exactly the specialists the file names."""
+    import re
+
+    import yaml
+
+    section = readme_section("Bring your own data and model")
+    user_config = re.search(r"```yaml\n(.*?)```", section, re.DOTALL).group(1)
+    command = re.search(r"```bash\n(.*?)```", section, re.DOTALL).group(1).strip()
+    assert command.startswith(".venv/bin/snakemake ") and "--configfile my.yaml" in command
+    args = command.split()[1:]
+    for flag in ("--cores", "--resources"):  # the test helper sets these for this machine
+        i = args.index(flag)
+        del args[i : i + 2]
+    default = yaml.safe_load((Path(__file__).resolve().parents[1] / "config" / "config.yaml").read_text())
+    work = make_workdir(tmp_path / "w", default)
+    (work / "my.yaml").write_text(user_config)
+    (work / "data").mkdir()
+    write(work / "data" / "my_tools.jsonl", dbg_rows())
+
+    proc = snakemake(work, SPLIT_TARGET, *args)  # targets first: --configfile takes several values
+    assert "kept 40, skipped 0, duplicates 0: see results/data/rejected.jsonl" in proc.stdout + proc.stderr
+    stats = json.loads((work / SPLIT_TARGET).read_text())
+    assert stats["total"] == 40 and set(stats["per_tool"]["train"]) == {"dbg.read", "dbg.write"}
+    jobs = planned_jobs(work, *args)
+    assert jobs["train"] == 1 and jobs["evaluate_tuned"] == 1 and "prepare_data" not in jobs
+    dry = snakemake(work, "-n", *args).stdout
+    assert "results/adapters/debugger" in dry and "veran-tools" not in dry and "mesen-runner" not in dry
+    # the default config stays as it was, and without the user's file the demo's specialists come back
+    assert yaml.safe_load((work / "config" / "config.yaml").read_text()) == default
+    assert planned_jobs(work)["train"] == 3
 
 
 # ------------------------------------------------------------------ fuzzing: never a stray exception

@@ -192,7 +192,7 @@ def test_specialist_subset_and_rendered_tools():
     assert specialist_rows(rows, []) == rows
     assert gold_tool_names(rows[1]) == [WRITE[0], READ[0]]
     row = tool_row(READ, tools=[READ[0], WRITE[0], "yaze_debugger.assemble"], system="row prompt")
-    messages, tools = build_messages(row, "specialist prompt", "all")
+    messages, tools = build_messages(row, "specialist prompt", "all", system_prompt_mode="replace")
     assert [m["content"] for m in messages if m["role"] == "system"] == ["specialist prompt"]
     assert len(tools) == 3
     assert [t["function"]["name"] for t in build_messages(row, "", "called")[1]] == [READ[0]]
@@ -656,7 +656,7 @@ def test_a_user_error_in_a_torchrun_child_ends_the_step_with_its_message(tiny, t
     assert not (tmp_path / "out").exists()
 
 
-TWO_PROCESSES = "specialists:\n  veran-tools: {train: {processes: 2}}\n"  # the README's example file
+TWO_PROCESSES = "defaults:\n  train: {processes: 2}\n"  # the README's example file (it merges into defaults)
 
 
 @pytest.mark.e2e

@@ -68,20 +68,19 @@ CASES = {
                             ["data.jsonl:3", "messages", "not of type array", "fix:"]),
     "wrong_type_content": ("content is a number", {"data.jsonl": with_line(
         row(0, messages=[{"role": "user", "content": 5}, {"role": "assistant", "content": "x"}]), 7)}, SOURCE,
-        ["data.jsonl:7", "messages[0].content", "not of type string or null", "fix:"]),
+        ["data.jsonl:7", "messages[0].content", "5 is not of type string", "fix:"]),
     "missing_messages": ("a row without messages", {"data.jsonl": with_line({"tools": [RUN]}, 2)}, SOURCE,
-                         ["data.jsonl:2", "neither chat", "fix:"]),
+                         ["data.jsonl:2", "unknown row shape (keys: tools)", "sharegpt", "fix:"]),
     "unknown_role": ("role 'human'", {"data.jsonl": with_line(
         row(0,
             messages=[{"role": "human", "content": "hi"},
                       {"role": "assistant", "content": "x"}]), 4)}, SOURCE,
         ["data.jsonl:4", "messages[0].role", "'human'", "fix:"]),
-    "arguments_not_a_string": ("arguments given as an object", {"data.jsonl": with_line(
-        assistant(content=None,
-                  tool_calls=[{"type": "function",
-                               "function": {"name": "mesen2.run", "arguments": {"frames": 3}}}]), 6)},
-        SOURCE,
-        ["data.jsonl:6", "messages[1].tool_calls[0].function.arguments", "not of type string", "fix:"]),
+    "arguments_a_number": ("arguments given as a number (an object or its JSON string is right)", {
+        "data.jsonl": with_line(assistant(content=None, tool_calls=[
+            {"type": "function", "function": {"name": "mesen2.run", "arguments": 3}}]), 6)},
+        SOURCE, ["data.jsonl:6", "messages[1].tool_calls[0].function.arguments",
+                 "not of type string or object", "fix:"]),
     "arguments_do_not_parse": ("arguments string is not JSON", {"data.jsonl": with_line(
         assistant(content=None, tool_calls=[call(arguments="{frames: 3")]), 6)}, SOURCE,
         ["data.jsonl:6", "messages[1].tool_calls[0].function.arguments", "json.dumps"]),
@@ -193,12 +192,82 @@ CASES = {
              'raise ImportError("bitsandbytes cannot run here (bad-input corpus shim)")']},
         {**SOURCE, "tiny_base": TINY_BASE, "defaults": {"train": {"quantization": "4bit"}}},
         ["config/config.yaml", "train.quantization", "bitsandbytes", "fix:", "quantization: none"]),
+    # ---- issue 14: formats, input hygiene, skipped rows, user config files
+    "nan_in_arguments": ("NaN inside an arguments string (not JSON: RFC 8259)", {"data.jsonl": with_line(
+        assistant(content=None, tool_calls=[call(arguments='{"frames": NaN}')]), 4)}, SOURCE,
+        ["data.jsonl:4", "messages[1].tool_calls[0].function.arguments.frames", "NaN is not valid JSON",
+         "fix:"]),
+    "infinity_in_a_row": ("Infinity as a JSON value of the row", {"data.jsonl": with_line(
+        '{"instruction": "Run", "output": "ok", "weight": Infinity}', 3)}, SOURCE,
+        ["data.jsonl:3", "weight", "Infinity is not valid JSON", "fix:"]),
+    "invalid_uncalled_tool_schema": ("a tool the row does not call has an invalid parameters schema", {
+        "data.jsonl": with_line(row(1, tools=[RUN, {"type": "function", "function": {
+            "name": "mesen2.load_rom", "parameters": {"type": "object", "required": "path"}}}]), 3)}, SOURCE,
+        ["data.jsonl:3", "tools[1].function.parameters", "mesen2.load_rom", "invalid parameters schema",
+         "fix:"]),
+    "python_types_in_schema": ("a BFCL-style Python type in a chat row's schema", {
+        "data.jsonl": with_line(row(1, tools=[{"type": "function", "function": {"name": "mesen2.run",
+            "parameters": {"type": "dict", "properties": {"frames": {"type": "integer"}}}}}]), 3)}, SOURCE,
+        ["data.jsonl:3", "tools[0].function.parameters", "dict -> object", "format: bfcl"]),
+    "unknown_row_shape": ("prompt/completion rows", {
+        "data.jsonl": with_line({"prompt": "Run", "completion": "ok"}, 2)}, SOURCE,
+        ["data.jsonl:2", "unknown row shape (keys: completion, prompt)", "chat", "sharegpt", "instruction",
+         "axolotl", "bfcl", "fix:"]),
+    "enum_list_not_cut": ("a value outside a long enum", {"data.jsonl": with_line(row(1, tools=[
+        {"type": "function", "function": {"name": "mesen2.run", "parameters": {
+            "type": "object",
+            "properties": {"frames": {"enum": [f"{n} frames of the attract-mode demo"
+                                               for n in range(1, 25)]}}}}}]),
+        3)},
+        SOURCE, ["data.jsonl:3", "function.arguments.frames", "'1 frames of the attract-mode demo'",
+                 "'24 frames of the attract-mode demo']", "fix:"]),
+    "skip_with_too_few_rows": ("on_invalid: skip leaves two rows: the skipped ones are still written", {
+        "data.jsonl": [json.dumps(row(0)),
+                       json.dumps(assistant(content=None, tool_calls=[call(name="mesen2.nope")])),
+                       json.dumps(row(1)), '{"messages": 7}']},
+        {"data": {"sources": [{"path": "data.jsonl"}], "on_invalid": "skip"}},
+        ["data.jsonl", "only 2 distinct valid rows", "2 skipped rows",
+         "logs/data/prepare_data.rejected.jsonl"]),
+    "sharegpt_turns_out_of_order": ("two human turns in a row (LLaMA-Factory would skip the row silently)", {
+        "data.jsonl": good_rows(4) + [json.dumps({"conversations": [
+            {"from": "human", "value": "Run 3 frames"}, {"from": "human", "value": "please"},
+            {"from": "function_call", "value": '{"name": "mesen2.run", "arguments": {"frames": 3}}'}],
+            "tools": json.dumps([RUN["function"]])})]}, SOURCE,
+        ["data.jsonl:5", "conversations[1].from", "'human' at this position", "fix:"]),
+    "axolotl_option_misspelt": ("options.field_mesages", {"data.jsonl": good_rows()},
+                                {"data": {"sources": [{"path": "data.jsonl", "format": "axolotl",
+                                                       "options": {"field_mesages": "conversations"}}]}},
+                                ["config/config.yaml", "data.sources[0].options.field_mesages",
+                                 "did you mean 'field_messages'"]),
+    "bfcl_without_answers": ("format: bfcl without its possible_answer file", {"data.jsonl": good_rows()},
+                             {"data": {"sources": [{"path": "data.jsonl", "format": "bfcl"}]}},
+                             ["data.sources[0].answers", "possible_answer file", "fix:"]),
+    "possible_answer_disagrees": ("the row's call is not among its acceptable answers", {
+        "data.jsonl": with_line(row(2, possible_answer=[
+            {"name": "mesen2.run", "arguments": {"frames": [30, 60]}}]), 3)}, SOURCE,
+        ["data.jsonl:3", "possible_answer[0].arguments.frames", "not among its acceptable values", "fix:"]),
+    "eval_only_row_also_in_training": ("a held-out (split: test) row that is also a training row", {
+        "data.jsonl": good_rows(), "bench.jsonl": [json.dumps(row(200)), json.dumps(row(7))]},
+        {"data": {"sources": [{"path": "bench.jsonl", "split": "test"}, {"path": "data.jsonl"}]}},
+        ["data.jsonl:8", "also appears in bench.jsonl:2", "fix:"]),
+    "user_config_misspelt_key": ("a misspelt key in the user's --configfile", {
+        "data.jsonl": good_rows(), "my.yaml": ["data: {spilt: {seed: 3}}"]}, SOURCE,
+        ["my.yaml", "data.spilt", "unknown config key", "did you mean 'split'"]),
+    "user_config_focus_tool_never_occurs": ("the user's file names a focus tool the data never calls", {
+        "data.jsonl": good_rows(),
+        "my.yaml": ["specialists:", "  debugger: {focus_tools: [mesen2.explode]}"]},
+        SOURCE, ["my.yaml", "specialists.debugger.focus_tools", "'mesen2.explode' never occurs", "fix:"]),
 }
 
-# Cases that fail after the data stage: the extra keys of their case.yaml.
+# Extra keys of a case.yaml:
 #   env: variables for the run ({workdir} stands for its directory; PYTHONPATH is prepended to the caller's)
 #   prepare: targets built before the run (their files are not "new"); target: what the run asks for
+#   args: more command-line arguments (after the target); leaves: {file: [pieces]} the failed run leaves
 EXTRA = {
+    "skip_with_too_few_rows": {"leaves": {"logs/data/prepare_data.rejected.jsonl": [
+        '"line": 2', "messages[1].tool_calls[0].function.name", '"line": 4', '"fix": ']}},
+    "user_config_misspelt_key": {"args": ["--configfile", "my.yaml"]},
+    "user_config_focus_tool_never_occurs": {"args": ["--configfile", "my.yaml"]},
     "quantization_4bit_without_bitsandbytes": {
         "env": {"PYTHONPATH": "{workdir}/shim"},
         "prepare": ["results/data/split_stats.json", "results/base/tiny"],

@@ -12,9 +12,11 @@ from snaketune.config import (  # noqa: E402
     benchmark_settings as _benchmark_settings,
     check_config,
     check_inputs,
+    display_path,
     eval_params as _eval_params,
     eval_settings,
     fill_stage_defaults,
+    layered_config,
     load_schema,
     specialist_settings as _specialist_settings,
 )
@@ -22,13 +24,26 @@ from snaketune.targets import base_gguf_path, final_targets as _final_targets  #
 from snaketune.targets import lora_base_quant, modelfile_quant  # noqa: E402
 
 CONFIG_SCHEMA = str(Path(workflow.basedir) / "config" / "schemas" / "config.schema.yaml")
-# Name the file the user edits in error messages (the last --configfile wins over config/config.yaml).
-CONFIG_PATH = str((list(workflow.overwrite_configfiles or []) or ["config/config.yaml"])[-1])
+# Config layering: Snakemake deep-merges --configfile into the `configfile:` default, but a user's file that
+# names `specialists` or `data.sources` replaces the default's. Rebuild the config from the same files (then
+# the --config values), remembering which file set each key so that errors name it.
+_user_files = [str(path) for path in workflow.overwrite_configfiles or []]
+_default_file = next((str(p) for p in workflow.configfiles if str(p) not in _user_files), None)
+CONFIG_LAYERS = layered_config(
+    None if workflow.config_settings.replace_workflow_config else _default_file,
+    _user_files,
+    workflow.config_settings.config,
+)
+config.clear()
+config.update(CONFIG_LAYERS.config)
+# The file the user edits, for errors the run itself finds about the config (the last --configfile, else the
+# default); checks before the run name the exact file each key came from (CONFIG_LAYERS).
+CONFIG_PATH = display_path(_user_files[-1]) if _user_files else (_default_file or "config/config.yaml")
 _schema = load_schema(CONFIG_SCHEMA)
-check_config(config, _schema, CONFIG_PATH)
+check_config(config, _schema, CONFIG_LAYERS)
 validate(config, CONFIG_SCHEMA)
 fill_stage_defaults(config, _schema)
-check_inputs(config, CONFIG_PATH)
+check_inputs(config, CONFIG_LAYERS)
 
 SPECIALISTS = sorted(config["specialists"])
 # Where every step writes its provenance record, and the committed locks a record names (a param of each rule).
@@ -67,18 +82,22 @@ def verify_gpus():
 
 
 def data_sources():
-    """Raw JSONL files the data stage reads: the demo file (when enabled) and the configured ones."""
-    paths = user_data_paths()
-    if config["data"]["demo"]["enabled"]:
-        paths.insert(0, "results/data/raw/demo.jsonl")
-    return paths
+    """Raw files the data stage reads: the demo file (when enabled), the configured ones and BFCL answers."""
+    specs = data_source_specs()
+    return [spec["path"] for spec in specs] + [spec["answers"] for spec in specs if spec.get("answers")]
 
 
-def source_formats():
-    formats = {source["path"]: source.get("format", "auto") for source in config["data"]["sources"]}
+def data_source_specs():
+    """data.sources as the data stage reads them (path, format, options, answers, split), demo first."""
+    specs = [dict(source) for source in config["data"]["sources"]]
     if config["data"]["demo"]["enabled"]:
-        formats["results/data/raw/demo.jsonl"] = "chat"
-    return formats
+        specs.insert(0, {"path": "results/data/raw/demo.jsonl", "format": "chat"})
+    return specs
+
+
+def data_config_files():
+    """The file each config key the data stage names in its errors came from."""
+    return CONFIG_LAYERS.files_of("specialists", "data.split")
 
 
 def specialist_focus_tools():

@@ -31,12 +31,15 @@ rule prepare_data:
     params:
         config_path=CONFIG_PATH,
         provenance=PROVENANCE,
-        formats=source_formats(),
+        sources=data_source_specs(),
         split=config["data"]["split"],
         on_invalid=config["data"]["on_invalid"],
         specialists=specialist_focus_tools(),
+        config_files=data_config_files(),
     log:
         "logs/data/prepare_data.log",
+        # the skipped rows when a later check stops the stage (a failed job loses its outputs, not its logs)
+        rejected="logs/data/prepare_data.rejected.jsonl",
     benchmark:
         "benchmarks/data/prepare_data.tsv"
     conda:

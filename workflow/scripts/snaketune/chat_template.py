@@ -39,6 +39,7 @@ TEMPLATE_TOKENS = ["<tool_call>", "</tool_call>", "<tool_response>", "</tool_res
                    "</tools>"]
 
 TOOLS_RENDERED = ("all", "compact", "called")
+SYSTEM_PROMPT_MODES = ("replace", "prepend", "keep")
 # What ``compact`` keeps of a parameter's JSON Schema: its type and its allowed values.
 COMPACT_PARAMETER_KEYS = ("type", "enum")
 
@@ -99,10 +100,13 @@ def compact_tool(tool: dict) -> dict:
 
 
 def build_messages(row: dict, system_prompt: str = "", tools_rendered: str = "all",
-                   focus_tools=None) -> tuple[list[dict], list[dict]]:
+                   focus_tools=None, system_prompt_mode: str = "prepend") -> tuple[list[dict], list[dict]]:
     """The messages and tools a specialist shows the model for one canonical row.
 
-    ``system_prompt`` (when not empty) replaces the row's own system message. ``tools_rendered``:
+    ``system_prompt`` (when not empty) and the row's own system message, by ``system_prompt_mode``:
+    ``replace`` drops the row's; ``prepend`` writes the specialist's prompt, a blank line, then the row's
+    (which often carries the task's facts); ``keep`` keeps the row's and uses the specialist's only for a
+    row without one. ``tools_rendered``:
     ``all`` shows the row's tools as given; ``compact`` all of them through ``compact_tool`` (a quarter
     of the prompt tokens fewer on the demo data); ``called`` only those the row's assistant turns call
     (much shorter prompts, but they name the answer, so eval never uses it). ``focus_tools``, when
@@ -110,10 +114,17 @@ def build_messages(row: dict, system_prompt: str = "", tools_rendered: str = "al
     """
     if tools_rendered not in TOOLS_RENDERED:
         raise ValueError(f"tools_rendered must be one of {TOOLS_RENDERED}, got {tools_rendered!r}")
+    if system_prompt_mode not in SYSTEM_PROMPT_MODES:
+        raise ValueError(
+            f"system_prompt_mode must be one of {SYSTEM_PROMPT_MODES}, got {system_prompt_mode!r}"
+        )
     messages = copy.deepcopy(list(row.get("messages") or []))
-    if system_prompt:
-        messages = [m for i, m in enumerate(messages) if not (i == 0 and m.get("role") == "system")]
-        messages.insert(0, {"role": "system", "content": system_prompt})
+    has_own = bool(messages) and messages[0].get("role") == "system"
+    own = (messages[0].get("content") or "") if has_own else ""
+    if system_prompt and not (own and system_prompt_mode == "keep"):
+        if own and system_prompt_mode == "prepend":
+            system_prompt = f"{system_prompt}\n\n{own}"
+        messages = [{"role": "system", "content": system_prompt}] + messages[has_own:]
     tools = copy.deepcopy(list(row.get("tools") or []))
     if tools_rendered == "called":
         called = _called_names(messages)
@@ -135,7 +146,8 @@ def prompt_tools_rendered(settings: dict) -> str:
 def specialist_chat(row: dict, settings: dict) -> tuple[list[dict], list[dict]]:
     """``build_messages`` with a specialist's merged settings (``config.specialist_settings``)."""
     return build_messages(row, settings.get("system_prompt", ""),
-                          settings.get("train", {}).get("tools_rendered", "all"))
+                          settings.get("train", {}).get("tools_rendered", "all"),
+                          system_prompt_mode=settings.get("system_prompt_mode", "prepend"))
 
 
 def split_prompt(messages: list[dict]) -> tuple[list[dict], dict | None]:

@@ -247,6 +247,7 @@ def evaluate(*, base_cfg: dict, test_path, settings: dict, eval_cfg: dict, out_j
                        "decoding": "greedy",
                        "stop_tokens": tokenizer.convert_ids_to_tokens(stop_token_ids(tokenizer)),
                        "generated_tokens": n_generated, "system_prompt": settings.get("system_prompt", ""),
+                       "system_prompt_mode": settings.get("system_prompt_mode", "prepend"),
                        "tools_rendered": prompt_tools_rendered(settings)},
         "hashes": {"base_model": model_fingerprint(base_cfg),
                    "adapter": ("sha256:" + sha256_tree(adapter_dir)) if adapter_dir is not None else None,

@@ -44,6 +44,9 @@ def split_stats_rows(stats: dict) -> list[list[str]]:
                      str(kinds.get("text", 0)), str(len(stats.get("per_tool", {}).get(split, {}))),
                      _num(lengths.get("mean_chars"), 1), _num(lengths.get("median_chars"), 1)])
     rows.append(["all", str(total), "100.0%" if total else "–", "", "", "", "", ""])
+    # The data stage's one-line summary: what was kept, skipped (rejected.jsonl) and dropped as duplicates.
+    rows.append(["skipped: rejected.jsonl", str(stats.get("invalid_rows", 0)), "", "", "", "", "", ""])
+    rows.append(["duplicates", str(stats.get("duplicates_removed", 0)), "", "", "", "", "", ""])
     return rows
 
 
