@@ -122,3 +122,9 @@ def check_possible_answer(answer, messages) -> list:
                     fix=f"add {param!r}: [<acceptable values>]",
                 )
     return copy.deepcopy(answer)
+
+
+__all__ = [
+    "acceptable",
+    "check_possible_answer",
+]

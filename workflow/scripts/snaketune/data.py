@@ -629,3 +629,25 @@ def prepare_data(
     print(dumps_json({k: stats[k] for k in ("counts", "duplicates_removed", "invalid_rows")}), end="")
     print(stats["summary"])
     return stats
+
+
+__all__ = [
+    "iter_lines",
+    "row_id",
+    "convert_row",
+    "normalise_row",
+    "gold_tools",
+    "prompt_key",
+    "Loaded",
+    "source_specs",
+    "load_sources",
+    "stratum",
+    "split_rows",
+    "check_specialists",
+    "length_stats",
+    "split_stats",
+    "summary_line",
+    "prepare_data",
+    "PYTHON_TYPES",
+    "SPLITS",
+]

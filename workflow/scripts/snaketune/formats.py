@@ -1088,3 +1088,32 @@ def convert_bfcl(question, answers: dict) -> tuple[dict, dict]:
             f"not a BFCL case snaketune can convert: {type(err).__name__}: {err}",
             "use BFCL's single-turn categories (simple, multiple, parallel, parallel_multiple)",
         ) from None
+
+
+__all__ = [
+    "FORMATS",
+    "ALIASES",
+    "ConvertError",
+    "JSONError",
+    "loads_strict",
+    "non_finite_error",
+    "Where",
+    "arguments_string",
+    "content_text",
+    "convert_tools",
+    "convert_tool_calls",
+    "check_tool_results",
+    "convert_sharegpt",
+    "axolotl_settings",
+    "convert_axolotl",
+    "convert_chat",
+    "convert_instruction",
+    "detect_format",
+    "check_options",
+    "convert",
+    "MAX_LINE_BYTES",
+    "BOM",
+    "read_rows",
+    "read_bfcl_answers",
+    "convert_bfcl",
+]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .files import atomic_path, read_json
 
-__all__ = ["write_report_tables", "eval_rows", "bfcl_rows"]
+__all__ = ["write_report_tables", "eval_rows", "bfcl_rows", "split_stats_rows"]
 
 METRICS = ("exact_match", "tool_accuracy", "param_f1", "json_valid_rate")
 METRIC_NAMES = {"exact_match": "exact match", "tool_accuracy": "tool accuracy", "param_f1": "param F1",
