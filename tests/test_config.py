@@ -40,8 +40,8 @@ def config(rendered=None, **spec) -> dict:
 @pytest.mark.parametrize(("rendered", "shown"), [("all", "all"), ("compact", "compact"), ("called", "all")])
 def test_eval_settings_render_tools_as_training_did_but_never_only_the_called_ones(rendered, shown):
     assert eval_settings(config(rendered), "runner") == {
-        "name": "runner", "system_prompt": "Drive the emulator.", "focus_tools": ["mesen2.run"],
-        "train": {"tools_rendered": shown}}
+        "name": "runner", "system_prompt": "Drive the emulator.", "system_prompt_mode": "prepend",
+        "focus_tools": ["mesen2.run"], "train": {"tools_rendered": shown}}
 
 
 def test_eval_settings_ignore_training_settings_that_do_not_change_the_prompts():
@@ -338,6 +338,7 @@ def test_the_eval_json_records_the_mode(tmp_path):
             "max_position_embeddings": 1024,
             "seed": 1,
         },
+        config_path="config/config.yaml",
     )
     settings = {
         "name": "runner",
@@ -356,6 +357,7 @@ def test_the_eval_json_records_the_mode(tmp_path):
         out_timing=tmp_path / "t.json",
         threads=1,
         progress=False,
+        config_path="config/config.yaml",
     )
     assert result["generation"]["system_prompt_mode"] == "keep"
     assert json.loads((tmp_path / "e.json").read_text())["generation"]["system_prompt_mode"] == "keep"

@@ -195,11 +195,11 @@ def test_prepare_data_writes_everything_or_nothing(tmp_path):
     outputs["stats"] = str(tmp_path / "out" / "stats.json")
     with pytest.raises(SnaketuneError) as info:
         prepare_data({str(src): "auto"}, outputs, ratios={"train": 0.8, "val": 0.1, "test": 0.1}, seed=42,
-                     specialists={"loader": ["mesen2.load_rom"]}, config_path="config/config.yaml")
-    assert info.value.field == "specialists.loader.focus_tools"
+                     specialists={"loader": ["mesen2.load_rom"]}, config_files={"specialists": "my.yaml"})
+    assert info.value.field == "specialists.loader.focus_tools" and info.value.path == "my.yaml"
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
     stats = prepare_data({str(src): "auto"}, outputs, ratios={"train": 0.8, "val": 0.1, "test": 0.1}, seed=42,
-                         specialists={"runner": ["mesen2.run"]}, config_path="config/config.yaml")
+                         specialists={"runner": ["mesen2.run"]})
     assert stats["counts"] == {"train": 24, "val": 3, "test": 3}
     assert stats["per_tool"]["test"] == {"mesen2.run": 3}
     assert len(Path(outputs["test"]).read_text().splitlines()) == 3
