@@ -41,10 +41,11 @@ def specialist_settings(name):
 
 def eval_settings(name):
     """What eval uses of a specialist: editing its training settings must not rerun its base eval,
-    except how prompts show the tools, which both evals render as training did."""
+    except how prompts show the tools, which both evals render as training did, and the device."""
     settings = specialist_settings(name)
     return {**{key: settings[key] for key in ("name", "system_prompt", "focus_tools")},
-            "train": {"tools_rendered": prompt_tools_rendered(settings)}}
+            "train": {"tools_rendered": prompt_tools_rendered(settings)},
+            "resources": {"device": settings["resources"]["device"]}}
 
 
 def specialist_resources(name):

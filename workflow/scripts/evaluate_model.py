@@ -13,4 +13,5 @@ with rule_step(snakemake):
         out_generations=snakemake.output.generations,
         out_timing=snakemake.output.timing,
         threads=snakemake.threads,
+        gpus=snakemake.resources.gpu,
     )

@@ -216,10 +216,11 @@ def _init_process_group(kwargs: dict) -> tuple[int, int, str]:
     import torch
     import torch.distributed as dist
 
-    from .training import resolve_device
+    from .training import device_preference, resolve_device
 
     gpus = kwargs.get("gpus")
-    device = resolve_device(kwargs["settings"].get("resources", {}).get("gpus", 0) if gpus is None else gpus)
+    device = resolve_device(kwargs["settings"].get("resources", {}).get("gpus", 0) if gpus is None else gpus,
+                            device_preference(kwargs["settings"]))
     if device == "cuda":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     name = backend(device)

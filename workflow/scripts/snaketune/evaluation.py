@@ -17,6 +17,7 @@ import yaml
 
 from . import metrics
 from .chat_template import apply_template, attach_template, prompt_tools_rendered, specialist_chat, specialist_rows, split_prompt, stop_token_ids
+from .devices import device_preference, resolve_device
 from .errors import SnaketuneError
 from .files import atomic_path, dumps_json, read_jsonl, sha256_file, sha256_tree, write_json, write_jsonl
 from .generation import generate
@@ -75,6 +76,8 @@ def assistant_loss(model, tokenizer, rows, settings, batch_size: int = 8) -> flo
             attn[r, :n] = 1
             keep = torch.tensor(e["assistant_masks"], dtype=torch.bool)
             labels[r, :n] = torch.where(keep, ids[r, :n], torch.full_like(ids[r, :n], -100))
+        device = model.get_input_embeddings().weight.device
+        ids, attn, labels = ids.to(device), attn.to(device), labels.to(device)
         with torch.inference_mode():
             logits = model(input_ids=ids, attention_mask=attn).logits.float()
         shift_logits, shift_labels = logits[:, :-1], labels[:, 1:]
@@ -124,8 +127,8 @@ def validate_result(result: dict) -> None:
         raise RuntimeError(f"eval result breaks {SCHEMA_PATH.name}: {'/'.join(map(str, err.absolute_path))}: {err.message}")
 
 
-def load_for_eval(base_cfg: dict, adapter_dir=None, threads: int | None = None):
-    """(model, tokenizer) in eval mode: the base, or the base with the adapter merged in."""
+def load_for_eval(base_cfg: dict, adapter_dir=None, threads: int | None = None, device: str = "cpu"):
+    """(model, tokenizer) in eval mode on ``device`` (fp32): the base, or the base with the adapter merged in."""
     import torch
 
     from .modeling import load_base
@@ -138,16 +141,23 @@ def load_for_eval(base_cfg: dict, adapter_dir=None, threads: int | None = None):
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+    if device != "cpu":
+        model.to(device)
     model.eval()
     tokenizer.padding_side = "left"
     return model, tokenizer
 
 
 def evaluate(*, base_cfg: dict, test_path, settings: dict, eval_cfg: dict, out_json, out_generations,
-             out_timing, adapter_dir=None, threads: int | None = None, progress: bool = True) -> dict:
-    """Score one model (base, or base + adapter) on one specialist's test subset and write the files."""
+             out_timing, adapter_dir=None, threads: int | None = None, progress: bool = True,
+             gpus: int = 0) -> dict:
+    """Score one model (base, or base + adapter) on one specialist's test subset and write the files.
+
+    ``gpus``: the GPUs the job holds; with ``resources.device`` they choose the device (snaketune.devices).
+    """
     rows = test_subset(test_path, settings, eval_cfg.get("max_examples"))
-    model, tokenizer = load_for_eval(base_cfg, adapter_dir, threads)
+    device = resolve_device(gpus, device_preference(settings))
+    model, tokenizer = load_for_eval(base_cfg, adapter_dir, threads, device=device)
     prompts = build_prompts(tokenizer, rows, settings)
     started = time.perf_counter()
     outputs, n_generated = generate(model, tokenizer, [p["ids"] for p in prompts],
@@ -175,6 +185,7 @@ def evaluate(*, base_cfg: dict, test_path, settings: dict, eval_cfg: dict, out_j
     result = {
         "specialist": settings["name"],
         "model": "tuned" if adapter_dir is not None else "base",
+        "device": device,
         "n_examples": len(records),
         "metrics": scores["tool"],
         "text_metrics": scores["text"],

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from .chat_template import encode_chat, gold_tool_names, specialist_chat, specialist_rows
+from .devices import device_options, device_preference, resolve_device  # noqa: F401 (distributed)
 from .errors import SnaketuneError
 from .files import atomic_path, dumps_json, read_jsonl, sha256_file, write_json
 
@@ -68,32 +69,9 @@ def label_mask_tokens(labels) -> int:
 
 # --- resolved options ---------------------------------------------------------------------------
 
-def resolve_device(gpus: int) -> str:
-    import torch
-
-    if gpus and torch.cuda.is_available():
-        return "cuda"
-    if gpus:
-        log.warning("resources.gpus is %d but no CUDA device is visible; training on the CPU", gpus)
-    return "cpu"
-
-
 def resolve_options(train: dict, device: str) -> dict:
-    """``auto`` choices made concrete for this device (TRL's own defaults are wrong on CPU)."""
-    import torch
-
-    dtype = train.get("dtype", "auto")
-    if dtype == "auto":
-        dtype = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if device == "cuda" else "fp32"
-    if device == "cpu" and dtype == "fp16":
-        raise SnaketuneError(CONFIG, "fp16 training needs a GPU", field="train.dtype", fix="use auto or fp32 on CPU")
-    gc = train.get("gradient_checkpointing", "auto")
-    gc = (device == "cuda") if gc == "auto" else bool(gc)
-    packing = train.get("packing", "auto")
-    if packing == "auto":
-        packing = device == "cuda" and _has_flash_attention()
-    return {"device": device, "dtype": dtype, "gradient_checkpointing": bool(gc), "packing": bool(packing),
-            "quantization": train.get("quantization", "none")}
+    """``auto`` choices made concrete for this device: snaketune.devices.device_options."""
+    return device_options(device, train)
 
 
 def _has_flash_attention() -> bool:
@@ -424,7 +402,7 @@ def train_adapter(base_dir, train_path, val_path, out_dir, settings: dict, check
     name = settings["name"]
     train_cfg = settings["train"]
     gpus = settings.get("resources", {}).get("gpus", 0) if gpus is None else gpus
-    options = resolve_options(train_cfg, resolve_device(gpus))
+    options = resolve_options(train_cfg, resolve_device(gpus, device_preference(settings)))
     # --- distributed (torchrun children, snaketune.distributed): rank 0 alone writes
     from .distributed import backend, barrier, gathered_state_dict, rank_and_world
 
