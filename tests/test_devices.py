@@ -226,7 +226,6 @@ def test_eval_loads_the_model_on_the_chosen_device(machine, monkeypatch, tmp_pat
 
 def test_the_eval_json_schema_names_the_device():
     import yaml
-
     from snaketune.evaluation import SCHEMA_PATH
 
     schema = yaml.safe_load(SCHEMA_PATH.read_text(encoding="utf-8"))

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from .chat_template import encode_chat, gold_tool_names, specialist_chat, specialist_rows
-from .devices import device_options, device_preference, resolve_device  # noqa: F401 (distributed)
+from .devices import device_options, device_preference, resolve_device
 from .errors import SnaketuneError
 from .files import atomic_path, dumps_json, read_jsonl, sha256_file, write_json
 
