@@ -235,6 +235,8 @@ def _eval_metrics(path: Path) -> dict | None:
 
 def workflow_status(workdir: Path, configfiles=()) -> dict:
     """Where the run in ``workdir`` stands, per specialist (see config/schemas/status.schema.yaml)."""
+    locks = workdir / ".snakemake" / "locks"
+    locked = locks.is_dir() and any(locks.iterdir())  # before the dry runs: a run may end meanwhile
     every, stale = dry_runs(workdir, configfiles)
     pending = {_job_key(job): job for job in stale}
     specialists: dict[str, dict] = {}
@@ -264,13 +266,12 @@ def workflow_status(workdir: Path, configfiles=()) -> dict:
             spec["metrics"][model] = found
         ggufs = list(out["gguf"].values()) + ([out["lora_gguf"]] if out["lora_gguf"] else [])
         spec["gguf_files"] = [e["path"] for e in ggufs if e["exists"]]
-    locks = workdir / ".snakemake" / "locks"
     return {
         "version": STATUS_VERSION,
         "directory": str(workdir),
         "configfiles": list(configfiles),
         "snakemake": importlib.metadata.version("snakemake"),
-        "locked": locks.is_dir() and any(locks.iterdir()),
+        "locked": locked,
         "up_to_date": not any(job["rule"] != "all" for job in pending.values()),
         "jobs_pending": sum(1 for job in pending.values() if job["rule"] != "all"),
         "specialists": dict(sorted(specialists.items())),
