@@ -26,7 +26,8 @@ from snaketune.errors import SnaketuneError
 from pipeline import REPO, copy_workdir, make_workdir, planned_jobs, snakemake, tiny_config
 
 CONFIG = tiny_config(export=True)
-CONFIG["export"] = {"enabled": True, "quants": ["f16", "q8_0"], "lora_gguf": True, "parity": True, "parity_prompts": 2}
+CONFIG["export"] = {"enabled": True, "quants": ["f16", "q8_0"], "lora_gguf": True, "parity": True,
+                    "parity_prompts": 2}
 SCHEMA = yaml.safe_load((REPO / "config" / "schemas" / "status.schema.yaml").read_text(encoding="utf-8"))
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO / "workflow" / "scripts"),
                                                                  os.environ.get("PYTHONPATH", "")) if p)}
@@ -92,7 +93,7 @@ def test_run_command_puts_targets_first_and_offers_the_gpus(tmp_path, monkeypatc
     (checkout / "mine.yaml").write_text("{}")
     elsewhere.mkdir()
     (elsewhere / "other.yaml").write_text("{}")
-    assert cli.find_workdir(cwd=checkout / "workflow") == checkout  # the checkout holding the current directory
+    assert cli.find_workdir(cwd=checkout / "workflow") == checkout  # the checkout holding the current dir
     assert cli.find_workdir(str(checkout)) == checkout
     with pytest.raises(SnaketuneError, match="holds no Snakefile"):
         cli.find_workdir(str(elsewhere))
@@ -101,8 +102,8 @@ def test_run_command_puts_targets_first_and_offers_the_gpus(tmp_path, monkeypatc
         ["mine.yaml", str(elsewhere / "other.yaml")]
     with pytest.raises(SnaketuneError, match="config file not found"):
         cli.config_paths(["nope.yaml"], checkout, cwd=checkout)
-    cmd = cli.snakemake_command(["results/adapters/a", "train"], ["mine.yaml"], cores="3", gpus=2, dry_run=True,
-                                extra=["--keep-going"], python="py")
+    cmd = cli.snakemake_command(["results/adapters/a", "train"], ["mine.yaml"], cores="3", gpus=2,
+                                dry_run=True, extra=["--keep-going"], python="py")
     assert cmd == ["py", "-m", "snakemake", "results/adapters/a", "train", "--configfile", "mine.yaml",
                    "--cores", "3", "--resources", "gpu=2", "--dry-run", "--keep-going"]
     monkeypatch.setattr("snaketune.devices.gpu_count", lambda: 0)
@@ -263,7 +264,8 @@ def test_status_names_the_one_stale_specialist_with_snakemakes_reason(run, tmp_p
     try:
         locks = work / ".snakemake" / "locks"
         deadline = time.monotonic() + 300
-        while not (locks.is_dir() and any(locks.iterdir())) and proc.poll() is None and time.monotonic() < deadline:
+        while not (locks.is_dir() and any(locks.iterdir())) and proc.poll() is None:
+            assert time.monotonic() < deadline, "the run took no lock in 5 minutes"
             time.sleep(0.2)
         assert proc.poll() is None, log.read_text()[-3000:]
         assert status_json(work)["locked"] is True
@@ -276,7 +278,7 @@ def test_status_names_the_one_stale_specialist_with_snakemakes_reason(run, tmp_p
     entries = outputs(after["specialists"]["veran-tools"])
     assert after["locked"] is False
     assert entries["adapter"]["stale"] is False and entries["eval_tuned"]["stale"] is True
-    assert entries["eval_tuned"]["reason_kinds"] == ["updated_input"]  # the new adapter is newer than its eval
+    assert entries["eval_tuned"]["reason_kinds"] == ["updated_input"]  # the adapter is newer than its eval
     trained = json.loads((work / "results/adapters/veran-tools/specialist_config.json").read_text())
     assert trained["train"]["lr"] == 1.0e-3
 
@@ -295,3 +297,23 @@ def test_run_dry_run_plans_what_snakemake_plans(run, tmp_path):
     unchanged = snaketune("run", "-n", "--directory", str(run))
     assert "Nothing to be done" in unchanged.stdout + unchanged.stderr
     assert tree_state(run) == before
+
+
+@pytest.mark.e2e
+def test_status_before_any_run_says_everything_is_missing(tmp_path):
+    work = make_workdir(tmp_path / "fresh", tiny_config())  # export off
+    status = status_json(work)
+    assert not (work / "results").exists() and not (work / "logs").exists()
+    written = [p.relative_to(work).as_posix() for p in (work / ".snakemake").rglob("*") if p.is_file()]
+    assert written == [".snakemake/iocache/latest.pkl"]  # Snakemake's empty directories, its dry-run cache
+    assert status["up_to_date"] is False and status["jobs_pending"] > 0
+    for spec in status["specialists"].values():
+        out = spec["outputs"]
+        assert out["merged"] is None and out["gguf"] == {} and out["modelfile"] is None  # export is off
+        for key in ("adapter", "eval_tuned", "eval_base"):
+            assert out[key]["exists"] is False and out[key]["stale"] is True, key
+            assert out[key]["reason_kinds"][0] == "missing_output", key
+        assert spec["metrics"] == {"tuned": None, "base": None} and spec["gguf_files"] == []
+    assert {e["rule"] for e in status["other_stale"]} >= {"prepare_data", "tiny_base", "lock", "verify"}
+    text = snaketune("status", "--directory", str(work)).stdout
+    assert "veran-tools   missing  missing     missing    -       -" in text

@@ -18,7 +18,8 @@ from snaketune.errors import SnaketuneError
 from snaketune.training import resolve_options, training_arguments
 
 TRAIN = {"epochs": 1, "max_steps": 2, "lr": 1e-3, "batch_size": 2, "grad_accum": 1, "max_seq_len": 64,
-         "seed": 1, "quantization": "none", "gradient_checkpointing": "auto", "packing": "auto", "dtype": "auto"}
+         "seed": 1, "quantization": "none", "gradient_checkpointing": "auto", "packing": "auto",
+         "dtype": "auto"}
 
 
 @pytest.fixture
@@ -65,9 +66,9 @@ def test_explicit_devices_insist(machine):
     machine(cuda=True, mps=False)
     assert devices.resolve_device(1, "cpu") == "cpu"
     assert devices.resolve_device(1, "cuda") == "cuda"
-    with pytest.raises(SnaketuneError, match=r"resources\.device: resources\.device is mps but Apple MPS is not "
-                                             r"available.*fix: set resources\.device: auto"):
-        devices.resolve_device(1, "mps")
+    with pytest.raises(SnaketuneError, match=r"^my\.yaml: resources\.device: resources\.device is mps but "
+                                             r"Apple MPS is not available.*fix: set resources\.device: auto"):
+        devices.resolve_device(1, "mps", config_path="my.yaml")
     with pytest.raises(SnaketuneError, match=r"resources\.gpus: .*gpus is 0.*fix: set resources\.gpus: 1"):
         devices.resolve_device(0, "cuda")
     machine(cuda=False, mps=True)
@@ -95,8 +96,9 @@ def test_this_machine_really_has_neither_cuda_nor_mps():
 
 def test_cpu_options_are_unchanged(machine):
     machine(cuda=True, flash=True)  # what the machine has does not matter once the device is chosen
-    assert devices.device_options("cpu", TRAIN) == {"device": "cpu", "dtype": "fp32", "gradient_checkpointing": False,
-                                                    "packing": False, "quantization": "none"}
+    assert devices.device_options("cpu", TRAIN) == {"device": "cpu", "dtype": "fp32",
+                                                    "gradient_checkpointing": False, "packing": False,
+                                                    "quantization": "none"}
     with pytest.raises(SnaketuneError, match=r"train\.dtype: fp16 training needs a GPU"):
         devices.device_options("cpu", {**TRAIN, "dtype": "fp16"})
     assert resolve_options(TRAIN, "cpu") == devices.device_options("cpu", TRAIN)  # training's name for it
@@ -117,14 +119,15 @@ def test_mps_options_fp32_by_default_no_packing_no_bitsandbytes(machine):
     assert options == {"device": "mps", "dtype": "fp32", "gradient_checkpointing": True, "packing": False,
                        "quantization": "none"}
     assert devices.device_options("mps", {**TRAIN, "dtype": "fp16"})["dtype"] == "fp16"
-    assert devices.device_options("mps", {**TRAIN, "gradient_checkpointing": False})["gradient_checkpointing"] is False
+    no_gc = devices.device_options("mps", {**TRAIN, "gradient_checkpointing": False})
+    assert no_gc["gradient_checkpointing"] is False
     for quant in ("4bit", "8bit"):
         with pytest.raises(SnaketuneError) as err:
-            devices.device_options("mps", {**TRAIN, "quantization": quant})
-        assert str(err.value) == (f"config/config.yaml: train.quantization: quantization {quant} (bitsandbytes, "
-                                  "QLoRA) does not run on Apple MPS (fix: set train.quantization: none on MPS "
+            devices.device_options("mps", {**TRAIN, "quantization": quant}, config_path="my.yaml")
+        assert str(err.value) == (f"my.yaml: train.quantization: quantization {quant} (bitsandbytes, QLoRA) "
+                                  "does not run on Apple MPS (fix: set train.quantization: none on MPS "
                                   "(plain LoRA), or resources.device: cpu)")
-    with pytest.raises(SnaketuneError, match=r"train\.packing: .*flash attention.*fix: set train\.packing: auto"):
+    with pytest.raises(SnaketuneError, match=r"train\.packing: .*flash attention.*fix: set train\.packing"):
         devices.device_options("mps", {**TRAIN, "packing": True})
 
 
@@ -181,8 +184,8 @@ def test_verify_reports_the_device_auto_takes():
 def test_verify_checks_on_an_mps_machine():
     from snaketune.verify import run_checks
 
-    torch = {"installed": True, "version": "2.13.0", "cuda_build": None, "cuda": False, "mps": True, "gpus": [],
-             "bf16": True, "device": "mps"}
+    torch = {"installed": True, "version": "2.13.0", "cuda_build": None, "cuda": False, "mps": True,
+             "gpus": [], "bf16": True, "device": "mps"}
     facts = {"python": "3.11.7", "platform": "macOS arm64", "torch": torch, "installed": {"torch": "2.13.0"},
              "disk_free_gb": 50.0, "disk_path": "results", "memory": {"total_gb": 32.0, "available_gb": 20.0},
              "data": {}}
@@ -198,8 +201,8 @@ class _Loaded(Exception):
 @pytest.mark.parametrize("gpus, preference, cuda, mps, want", [
     (1, "auto", False, True, "mps"), (1, "auto", True, True, "cuda"), (0, "auto", True, True, "cpu"),
     (1, "cpu", True, False, "cpu")])
-def test_eval_loads_the_model_on_the_chosen_device(machine, monkeypatch, tmp_path, gpus, preference, cuda, mps,
-                                                   want):
+def test_eval_loads_the_model_on_the_chosen_device(machine, monkeypatch, tmp_path, gpus, preference, cuda,
+                                                   mps, want):
     from snaketune import evaluation
     from snaketune.data import normalise_row
     from snaketune.demo import generate_demo_rows
@@ -226,6 +229,7 @@ def test_eval_loads_the_model_on_the_chosen_device(machine, monkeypatch, tmp_pat
 
 def test_the_eval_json_schema_names_the_device():
     import yaml
+
     from snaketune.evaluation import SCHEMA_PATH
 
     schema = yaml.safe_load(SCHEMA_PATH.read_text(encoding="utf-8"))

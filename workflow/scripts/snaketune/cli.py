@@ -1,6 +1,6 @@
 """The ``snaketune`` command: run the workflow with the project's defaults, and say where a run stands.
 
-    snaketune run [TARGET ...] [--configfile F] [--cores N] [-n] [--gpus N] [--directory D] [-- SNAKEMAKE ARGS]
+    snaketune run [TARGET ...] [--configfile F] [--cores N] [-n] [--gpus N] [--directory D] [-- ARGS]
     snaketune status [--json] [--configfile F] [--directory D]
 
 ``run`` starts Snakemake in the checkout (the one holding the current directory, else the one this
@@ -39,10 +39,11 @@ REASON_KINDS = (("Forced execution", "forced"), ("Missing output files", "missin
                 ("Set of input files has changed", "input_changed"), ("Code has changed", "code_changed"),
                 ("Params have changed", "params_changed"),
                 ("Software environment definition has changed", "software_env_changed"))
-SHORT_REASON = {"forced": "forced", "missing_output": "missing", "incomplete_output": "incomplete (interrupted)",
-                "updated_input": "newer input", "upstream": "an input is rebuilt first",
-                "input_changed": "input files changed", "code_changed": "code changed",
-                "params_changed": "params changed", "software_env_changed": "software env changed"}
+SHORT_REASON = {"forced": "forced", "missing_output": "missing",
+                "incomplete_output": "incomplete (interrupted)", "updated_input": "newer input",
+                "upstream": "an input is rebuilt first", "input_changed": "input files changed",
+                "code_changed": "code changed", "params_changed": "params changed",
+                "software_env_changed": "software env changed"}
 METRICS = ("exact_match", "tool_accuracy", "param_f1")
 
 
@@ -55,7 +56,7 @@ def find_workdir(directory=None, cwd=None) -> Path:
         path = Path(directory).expanduser().resolve()
         if not (path / "Snakefile").is_file():
             raise SnaketuneError(path, "holds no Snakefile", field="--directory",
-                                 fix="point --directory at a snaketune checkout (or a copy with its Snakefile)")
+                                 fix="point --directory at a snaketune checkout (or a copy of one)")
         return path
     here = Path(cwd or os.getcwd()).resolve()
     for candidate in (here, *here.parents):
@@ -152,9 +153,10 @@ def parse_dry_run(text: str) -> list[dict]:
     for job in jobs:
         found[job["rule"]] = found.get(job["rule"], 0) + 1
     if found != expected:
-        raise SnaketuneError("snakemake --dry-run", f"its printout lists {sum(found.values())} job(s) but its "
-                             f"job stats count {sum(expected.values())}; snaketune cannot read this Snakemake's "
-                             "dry run", fix="run snakemake -n yourself, and check that no profile sets quiet")
+        raise SnaketuneError("snakemake --dry-run", f"its printout lists {sum(found.values())} job(s) but "
+                             f"its job stats count {sum(expected.values())}; snaketune cannot read this "
+                             "Snakemake's dry run",
+                             fix="run snakemake -n yourself, and check that no profile sets quiet")
     return jobs
 
 
@@ -191,7 +193,7 @@ def upstream_files(reason: str) -> list[str]:
 
 
 def dry_run_command(configfiles=(), *, forceall: bool = False) -> list[str]:
-    """``--nolock``, and a dry run never writes Snakemake's log or metadata: safe beside a running pipeline."""
+    """``--nolock``, and a dry run writes no Snakemake log or metadata: safe beside a running pipeline."""
     return snakemake_command((), configfiles, cores=1, gpus=1, dry_run=True,
                              extra=["--nolock", "--nocolor", *(["--forceall"] if forceall else [])])
 
@@ -219,8 +221,9 @@ def _entry(job: dict, pending: dict, workdir: Path) -> dict:
     path = job["output"][0]
     stale_job = pending.get(_job_key(job))
     reason = stale_job["reason"] if stale_job else ""
-    return {"path": path, "rule": job["rule"], "exists": (workdir / path).exists(), "stale": stale_job is not None,
-            "reason": reason, "reason_kinds": reason_kinds(reason), "rebuilt_inputs": upstream_files(reason)}
+    return {"path": path, "rule": job["rule"], "exists": (workdir / path).exists(),
+            "stale": stale_job is not None, "reason": reason, "reason_kinds": reason_kinds(reason),
+            "rebuilt_inputs": upstream_files(reason)}
 
 
 def _eval_metrics(path: Path) -> dict | None:
@@ -229,8 +232,9 @@ def _eval_metrics(path: Path) -> dict | None:
     except (OSError, ValueError):
         return None
     metrics = result.get("metrics") or {}
-    return {"path": None, **{k: metrics.get(k) for k in METRICS}, "targets_met": bool(result.get("targets_met")),
-            "n_examples": result.get("n_examples"), "device": result.get("device")}
+    return {"path": None, **{k: metrics.get(k) for k in METRICS},
+            "targets_met": bool(result.get("targets_met")), "n_examples": result.get("n_examples"),
+            "device": result.get("device")}
 
 
 def workflow_status(workdir: Path, configfiles=()) -> dict:
@@ -318,9 +322,9 @@ def format_status(status: dict) -> str:
     """The compact human table: outputs per specialist, eval metrics (tuned / base), what is stale and why."""
     lines = [f"snaketune status: {status['directory']} (Snakemake {status['snakemake']})"]
     if status["locked"]:
-        lines.append("a Snakemake run holds this directory's lock: what it is writing shows as stale or missing")
-    header = ["specialist", "adapter", "eval tuned", "eval base", "merged", "gguf", "lora gguf", "parity", "modelfile"]
-    rows = [header]
+        lines.append("a Snakemake run holds this directory's lock: what it writes shows as stale or missing")
+    rows = [["specialist", "adapter", "eval tuned", "eval base", "merged", "gguf", "lora gguf", "parity",
+             "modelfile"]]
     for name, spec in status["specialists"].items():
         out = spec["outputs"]
         rows.append([name, _state(out["adapter"]), _state(out["eval_tuned"]), _state(out["eval_base"]),
@@ -338,14 +342,16 @@ def format_status(status: dict) -> str:
     stale = []
     for name, spec in status["specialists"].items():
         out = spec["outputs"]
-        entries = [out[k] for k in ("adapter", "eval_tuned", "eval_base", "merged")] + list(out["gguf"].values()) \
-            + [out[k] for k in ("lora_gguf", "parity", "modelfile")]
-        stale += [[name, e["rule"], e["path"], _why(e)] for e in entries if e and (e["stale"] or not e["exists"])]
+        entries = [out[k] for k in ("adapter", "eval_tuned", "eval_base", "merged")] \
+            + list(out["gguf"].values()) + [out[k] for k in ("lora_gguf", "parity", "modelfile")]
+        stale += [[name, e["rule"], e["path"], _why(e)] for e in entries
+                  if e and (e["stale"] or not e["exists"])]
     stale += [["(shared)", e["rule"], e["path"], _why(e)] for e in status["other_stale"]]
     if stale:
         lines += ["", "to build (Snakemake's reasons; `snaketune status --json` has them in full):"]
         lines += ["  " + line for line in _table(stale)]
-    ggufs = [[name, " ".join(spec["gguf_files"])] for name, spec in status["specialists"].items() if spec["gguf_files"]]
+    ggufs = [[name, " ".join(spec["gguf_files"])] for name, spec in status["specialists"].items()
+             if spec["gguf_files"]]
     if ggufs:
         lines += ["", "GGUF files:"] + ["  " + line for line in _table(ggufs)]
     lines.append("")
@@ -357,24 +363,27 @@ def format_status(status: dict) -> str:
 # --- the command ----------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="snaketune", description="Run the snaketune workflow and see where it "
-                                     "stands. Every run goes through Snakemake with the project's profile.")
+    parser = argparse.ArgumentParser(
+        prog="snaketune", description="Run the snaketune workflow and see where it stands. Every run goes "
+        "through Snakemake with the project's profile.")
     sub = parser.add_subparsers(dest="command", required=True)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--configfile", action="append", default=[], metavar="FILE",
-                        help="a config file over config/config.yaml (repeat for several)")
+                        help="a config file over the checkout's own (repeat for several)")
     common.add_argument("--directory", "-d", metavar="DIR",
                         help="the checkout to run in (default: the one holding the current directory)")
-    run = sub.add_parser("run", parents=[common], help="run the workflow (Snakemake with the GPUs counted here)",
-                         description="Run Snakemake in the checkout. Arguments after -- go to Snakemake as they "
-                                     "are, e.g. snaketune run -- --keep-going.")
+    run = sub.add_parser(
+        "run", parents=[common], help="run the workflow (Snakemake with the GPUs counted here)",
+        description="Run Snakemake in the checkout. Arguments after -- go to Snakemake as they are, "
+        "e.g. snaketune run -- --keep-going.")
     run.add_argument("targets", nargs="*", help="files or rules to build (default: everything)")
     run.add_argument("--cores", "-c", default="all", help="CPU cores Snakemake may use (default: all)")
     run.add_argument("--dry-run", "-n", action="store_true", help="show what would run, run nothing")
     run.add_argument("--gpus", type=int, metavar="N",
                      help="GPUs to offer (--resources gpu=N); default: counted here, MPS as 1, at least 1")
-    status = sub.add_parser("status", parents=[common], help="each specialist's outputs, what is stale and why, "
-                            "the latest eval metrics and the GGUF paths")
+    status = sub.add_parser(
+        "status", parents=[common],
+        help="each specialist's outputs, what is stale and why, the eval metrics and the GGUF paths")
     status.add_argument("--json", action="store_true", help="print JSON (config/schemas/status.schema.yaml)")
     return parser
 
@@ -406,6 +415,12 @@ def main(argv=None) -> int:
     os.chdir(workdir)
     os.execv(cmd[0], cmd)
     return 0  # not reached
+
+
+__all__ = ["STATUS_VERSION", "SPECIALIST_RULES", "REASON_KINDS", "find_workdir", "config_paths",
+           "gpu_resource", "snakemake_command", "parse_dry_run", "planned_counts", "reason_kinds",
+           "upstream_files", "dry_run_command", "dry_runs", "workflow_status", "format_status",
+           "build_parser", "main"]
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ from .errors import SnaketuneError
 
 log = logging.getLogger("snaketune.devices")
 
-CONFIG = "config/config.yaml"
 PREFERENCES = ("auto", "cuda", "mps", "cpu")
 DEVICES = ("cuda", "mps", "cpu")
 
@@ -88,30 +87,32 @@ def device_preference(settings: dict) -> str:
     return (settings.get("resources") or {}).get("device") or "auto"
 
 
-def resolve_device(gpus: int, preference: str = "auto") -> str:
+def resolve_device(gpus: int, preference: str = "auto", *, config_path: str | None = None) -> str:
     """``cuda``, ``mps`` or ``cpu`` for a job holding ``gpus`` GPUs (``resources.gpus``).
 
     ``auto``: a GPU job takes CUDA, else MPS, else the CPU (with a warning); a job with gpus 0 runs on
-    the CPU. ``cuda`` / ``mps`` insist: a SnaketuneError where the device is missing or the job holds
-    no GPU (Snakemake would schedule it beside the GPU jobs). ``cpu`` always runs on the CPU.
+    the CPU. ``cuda`` / ``mps`` insist: a SnaketuneError (naming ``config_path``, the config file) where
+    the device is missing or the job holds no GPU (Snakemake would schedule it beside the GPU jobs).
+    ``cpu`` always runs on the CPU.
     """
     gpus = int(gpus or 0)
     if preference not in PREFERENCES:
-        raise SnaketuneError(CONFIG, f"unknown device {preference!r}", field="resources.device",
+        raise SnaketuneError(config_path, f"unknown device {preference!r}", field="resources.device",
                              fix=f"use one of {', '.join(PREFERENCES)}")
     if preference == "cpu":
         return "cpu"
     if preference in ("cuda", "mps"):
-        available = cuda_available() if preference == "cuda" else mps_available()
-        if not available:
-            what = "no CUDA device is visible (a CPU build of torch, or no driver)" if preference == "cuda" \
-                else "Apple MPS is not available here (it needs macOS on Apple silicon and an MPS build of torch)"
-            raise SnaketuneError(CONFIG, f"resources.device is {preference} but {what}", field="resources.device",
+        if not (cuda_available() if preference == "cuda" else mps_available()):
+            what = ("no CUDA device is visible (a CPU build of torch, or no driver)" if preference == "cuda"
+                    else "Apple MPS is not available here (it needs macOS on Apple silicon and an MPS "
+                         "build of torch)")
+            raise SnaketuneError(config_path, f"resources.device is {preference} but {what}",
+                                 field="resources.device",
                                  fix="set resources.device: auto (the best device here) or cpu")
         if gpus < 1:
-            raise SnaketuneError(CONFIG, f"resources.device is {preference} but resources.gpus is 0, so the job "
-                                 "holds no GPU and may run beside other GPU jobs", field="resources.gpus",
-                                 fix="set resources.gpus: 1")
+            raise SnaketuneError(config_path, f"resources.device is {preference} but resources.gpus is 0, "
+                                 "so the job holds no GPU and may run beside other GPU jobs",
+                                 field="resources.gpus", fix="set resources.gpus: 1")
         return preference
     if gpus < 1:
         return "cpu"
@@ -155,8 +156,9 @@ def gpu_count() -> int:
 
 # --- what training does on the device -----------------------------------------------------------
 
-def device_options(device: str, train: dict) -> dict:
-    """``train``'s ``auto`` choices made concrete for ``device`` (TRL's own defaults are wrong off CUDA).
+def device_options(device: str, train: dict, *, config_path: str | None = None) -> dict:
+    """``train``'s ``auto`` choices made concrete for ``device`` (TRL's own defaults are wrong off CUDA);
+    ``train`` is a specialist's train settings from the config file ``config_path``.
 
     CUDA: bf16 where supported (else fp16), gradient checkpointing on, packing with flash attention.
     MPS: fp32 unless fp16 (or bf16 where torch supports it) is asked for, gradient checkpointing on,
@@ -166,24 +168,32 @@ def device_options(device: str, train: dict) -> dict:
         raise ValueError(f"unknown device {device!r}")
     quantization = train.get("quantization", "none")
     if device == "mps" and quantization not in (None, "none"):
-        raise SnaketuneError(CONFIG, f"quantization {quantization} (bitsandbytes, QLoRA) does not run on Apple "
-                             "MPS", field="train.quantization",
+        raise SnaketuneError(config_path, f"quantization {quantization} (bitsandbytes, QLoRA) does not run "
+                             "on Apple MPS", field="train.quantization",
                              fix="set train.quantization: none on MPS (plain LoRA), or resources.device: cpu")
     dtype = train.get("dtype", "auto")
     if dtype == "auto":
         dtype = ("bf16" if cuda_bf16_supported() else "fp16") if device == "cuda" else "fp32"
     if device == "cpu" and dtype == "fp16":
-        raise SnaketuneError(CONFIG, "fp16 training needs a GPU", field="train.dtype", fix="use auto or fp32 on CPU")
+        raise SnaketuneError(config_path, "fp16 training needs a GPU", field="train.dtype",
+                             fix="use auto or fp32 on CPU")
     if device == "mps" and dtype == "bf16" and not mps_bf16_supported():
-        raise SnaketuneError(CONFIG, "bf16 on Apple MPS needs macOS 14 or newer (torch says it is not supported "
-                             "here)", field="train.dtype", fix="use auto (fp32) or fp16 on this Mac")
+        raise SnaketuneError(config_path, "bf16 on Apple MPS needs macOS 14 or newer (torch says it is "
+                             "not supported here)", field="train.dtype",
+                             fix="use auto (fp32) or fp16 on this Mac")
     gc = train.get("gradient_checkpointing", "auto")
     gc = (device != "cpu") if gc == "auto" else bool(gc)
     packing = train.get("packing", "auto")
     if device == "mps" and packing is True:
-        raise SnaketuneError(CONFIG, "packing (padding-free batches) needs flash attention, which Apple MPS does "
-                             "not have", field="train.packing", fix="set train.packing: auto or false on MPS")
+        raise SnaketuneError(config_path, "packing (padding-free batches) needs flash attention, which Apple "
+                             "MPS does not have", field="train.packing",
+                             fix="set train.packing: auto or false on MPS")
     if packing == "auto":
         packing = device == "cuda" and flash_attention_available()
     return {"device": device, "dtype": dtype, "gradient_checkpointing": bool(gc), "packing": bool(packing),
             "quantization": quantization}
+
+
+__all__ = ["PREFERENCES", "DEVICES", "cuda_available", "cuda_bf16_supported", "cuda_device_count",
+           "mps_available", "mps_bf16_supported", "flash_attention_available", "nvidia_smi_count",
+           "device_preference", "resolve_device", "best_device", "gpu_count", "device_options"]

@@ -128,7 +128,8 @@ def validate_result(result: dict) -> None:
 
 
 def load_for_eval(base_cfg: dict, adapter_dir=None, threads: int | None = None, device: str = "cpu"):
-    """(model, tokenizer) in eval mode on ``device`` (fp32): the base, or the base with the adapter merged in."""
+    """(model, tokenizer) in eval mode on ``device`` (fp32): the base, or the base with the adapter merged
+    in."""
     import torch
 
     from .modeling import load_base

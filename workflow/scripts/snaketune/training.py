@@ -71,7 +71,7 @@ def label_mask_tokens(labels) -> int:
 
 def resolve_options(train: dict, device: str) -> dict:
     """``auto`` choices made concrete for this device: snaketune.devices.device_options."""
-    return device_options(device, train)
+    return device_options(device, train, config_path=CONFIG)
 
 
 def _has_flash_attention() -> bool:
@@ -402,7 +402,8 @@ def train_adapter(base_dir, train_path, val_path, out_dir, settings: dict, check
     name = settings["name"]
     train_cfg = settings["train"]
     gpus = settings.get("resources", {}).get("gpus", 0) if gpus is None else gpus
-    options = resolve_options(train_cfg, resolve_device(gpus, device_preference(settings)))
+    options = resolve_options(train_cfg, resolve_device(gpus, device_preference(settings),
+                                                        config_path=CONFIG))
     # --- distributed (torchrun children, snaketune.distributed): rank 0 alone writes
     from .distributed import backend, barrier, gathered_state_dict, rank_and_world
 
