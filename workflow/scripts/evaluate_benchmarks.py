@@ -13,4 +13,5 @@ with rule_step(snakemake):
         out_generations=snakemake.output.generations,
         threads=snakemake.threads,
         config_path=snakemake.params.config_path,
+        gpus=snakemake.resources.gpu,
     )

@@ -14,4 +14,5 @@ with rule_step(snakemake):
         out_timing=snakemake.output.timing,
         threads=snakemake.threads,
         config_path=snakemake.params.config_path,
+        gpus=snakemake.resources.gpu,
     )

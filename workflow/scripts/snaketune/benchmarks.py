@@ -16,6 +16,7 @@ import yaml
 
 from . import metrics
 from .bfcl import BFCL_VERSION, LEADERBOARD_COLUMNS, convert_category, in_leaderboard_order
+from .devices import device_preference, resolve_device
 from .errors import SnaketuneError
 from .evaluation import SCHEMA_PATH as EVAL_SCHEMA_PATH
 from .evaluation import generate_records, load_for_eval, model_fingerprint
@@ -93,10 +94,12 @@ def prompt_settings(settings: dict) -> dict:
 
 def evaluate_benchmarks(*, base_cfg: dict, rows_paths: dict, settings: dict, eval_cfg: dict, out_json,
                         out_generations, adapter_dir=None, threads: int | None = None,
-                        progress: bool = True, config_path: str | None = None) -> dict:
-    """Score one model (base, or base + adapter) on every benchmark of ``rows_paths`` ({benchmark: rows})."""
+                        progress: bool = True, config_path: str | None = None, gpus: int = 0) -> dict:
+    """Score one model (base, or base + adapter) on every benchmark of ``rows_paths`` ({benchmark: rows}),
+    on the device ``resources.device`` and the job's ``gpus`` choose (snaketune.devices)."""
+    device = resolve_device(gpus, device_preference(settings), config_path=config_path)
     settings = prompt_settings(settings)
-    model, tokenizer = load_for_eval(base_cfg, adapter_dir, threads, config_path=config_path)
+    model, tokenizer = load_for_eval(base_cfg, adapter_dir, threads, config_path=config_path, device=device)
     categories, all_records, total_tokens = {}, [], 0
     for benchmark, path in rows_paths.items():
         rows = read_jsonl(path)
@@ -119,7 +122,8 @@ def evaluate_benchmarks(*, base_cfg: dict, rows_paths: dict, settings: dict, eva
         "categories": categories,
         "generation": {"batch_size": eval_cfg["batch_size"], "max_new_tokens": eval_cfg["max_new_tokens"],
                        "decoding": "greedy", "generated_tokens": total_tokens,
-                       "system_prompt": settings["system_prompt"], "prompt_format": PROMPT_FORMAT},
+                       "system_prompt": settings["system_prompt"], "prompt_format": PROMPT_FORMAT,
+                       "device": device},
         "hashes": {"base_model": model_fingerprint(base_cfg),
                    "adapter": ("sha256:" + sha256_tree(adapter_dir)) if adapter_dir is not None else None},
     }

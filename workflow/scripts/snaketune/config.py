@@ -277,14 +277,15 @@ def specialist_settings(config: dict, name: str) -> dict:
 
 def eval_settings(config: dict, name: str) -> dict:
     """What eval uses of a specialist's settings: its name, system prompt (and how it meets the row's own),
-    focus tools, and how prompts
+    focus tools, the device it runs on (resources.device), and how prompts
     show the tools (as training did, ``chat_template.prompt_tools_rendered``). Nothing else, so that editing
     the specialist's other training settings does not rerun its base eval."""
     from .chat_template import prompt_tools_rendered
 
     settings = specialist_settings(config, name)
     return {**{key: settings[key] for key in ("name", "system_prompt", "system_prompt_mode", "focus_tools")},
-            "train": {"tools_rendered": prompt_tools_rendered(settings)}}
+            "train": {"tools_rendered": prompt_tools_rendered(settings)},
+            "resources": {"device": settings["resources"]["device"]}}
 
 
 # eval keys only the benchmark stage reads: changing them must not rerun the test-set evals
@@ -304,7 +305,9 @@ def benchmark_eval_params(config: dict) -> dict:
 def benchmark_settings(config: dict, name: str) -> dict:
     """A specialist as benchmark prompts show it: its name and system prompt (every tool in full, not its
     training rendering), so editing its training settings reruns only its tuned benchmark eval."""
-    return {"name": name, "system_prompt": specialist_settings(config, name)["system_prompt"]}
+    settings = specialist_settings(config, name)
+    return {"name": name, "system_prompt": settings["system_prompt"],
+            "resources": {"device": settings["resources"]["device"]}}
 
 
 def check_inputs(config: dict, config_path) -> None:

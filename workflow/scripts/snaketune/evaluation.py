@@ -27,6 +27,7 @@ from .chat_template import (
     split_prompt,
     stop_token_ids,
 )
+from .devices import device_preference, resolve_device
 from .errors import SnaketuneError
 from .files import read_jsonl, sha256_file, sha256_tree, write_json, write_jsonl
 from .generation import generate
@@ -92,6 +93,8 @@ def assistant_loss(model, tokenizer, rows, settings, batch_size: int = 8) -> flo
             attn[r, :n] = 1
             keep = torch.tensor(e["assistant_masks"], dtype=torch.bool)
             labels[r, :n] = torch.where(keep, ids[r, :n], torch.full_like(ids[r, :n], -100))
+        device = model.get_input_embeddings().weight.device
+        ids, attn, labels = ids.to(device), attn.to(device), labels.to(device)
         with torch.inference_mode():
             logits = model(input_ids=ids, attention_mask=attn).logits.float()
         shift_logits, shift_labels = logits[:, :-1], labels[:, 1:]
@@ -198,9 +201,9 @@ def validate_result(result: dict) -> None:
 
 
 def load_for_eval(base_cfg: dict, adapter_dir=None, threads: int | None = None, *,
-                  config_path: str | None = None):
-    """(model, tokenizer) in eval mode: the base (``base_model`` of the config file ``config_path``), or the
-    base with the adapter merged in."""
+                  config_path: str | None = None, device: str = "cpu"):
+    """(model, tokenizer) in eval mode on ``device`` (fp32): the base (``base_model`` of the config file
+    ``config_path``), or the base with the adapter merged in."""
     import torch
 
     from .modeling import load_base
@@ -213,6 +216,8 @@ def load_for_eval(base_cfg: dict, adapter_dir=None, threads: int | None = None, 
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+    if device != "cpu":
+        model.to(device)
     model.eval()
     tokenizer.padding_side = "left"
     return model, tokenizer
@@ -220,14 +225,16 @@ def load_for_eval(base_cfg: dict, adapter_dir=None, threads: int | None = None, 
 
 def evaluate(*, base_cfg: dict, test_path, settings: dict, eval_cfg: dict, out_json, out_generations,
              out_timing, config_path: str, adapter_dir=None, threads: int | None = None,
-             progress: bool = True) -> dict:
+             progress: bool = True, gpus: int = 0) -> dict:
     """Score one model (base, or base + adapter) on one specialist's test subset and write the files.
 
     ``base_cfg``, ``settings`` and ``eval_cfg`` come from the config file ``config_path`` (errors name it).
+    ``gpus``: the GPUs the job holds; with ``resources.device`` they choose the device (snaketune.devices).
     """
     scoring = check_scoring_targets(eval_cfg, config_path)
     rows = test_subset(test_path, settings, eval_cfg.get("max_examples"))
-    model, tokenizer = load_for_eval(base_cfg, adapter_dir, threads, config_path=config_path)
+    device = resolve_device(gpus, device_preference(settings), config_path=config_path)
+    model, tokenizer = load_for_eval(base_cfg, adapter_dir, threads, config_path=config_path, device=device)
     records, n_generated, seconds = generate_records(model, tokenizer, rows, settings, eval_cfg,
                                                      scoring=scoring, progress=progress)
     scores = score_generations(records, eval_cfg["targets"], config_path=config_path)
@@ -236,6 +243,7 @@ def evaluate(*, base_cfg: dict, test_path, settings: dict, eval_cfg: dict, out_j
         "specialist": settings["name"],
         "model": "tuned" if adapter_dir is not None else "base",
         "scoring": scoring,
+        "device": device,
         "n_examples": len(records),
         "metrics": scores["tool"],
         "text_metrics": scores["text"],

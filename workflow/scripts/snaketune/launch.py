@@ -24,9 +24,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+from .devices import device_preference, resolve_device
 from .errors import SnaketuneError, config_error
 from .ranks import backend, barrier
-from .training import resolve_device, train_adapter
+from .training import train_adapter
 
 __all__ = [
     "PACKAGE_PARENT", "process_count", "needs_launcher", "torchrun_command", "child_env",
@@ -190,7 +191,8 @@ def _init_process_group(kwargs: dict) -> tuple[int, int, str]:
     import torch.distributed as dist
 
     gpus = kwargs.get("gpus")
-    device = resolve_device(kwargs["settings"].get("resources", {}).get("gpus", 0) if gpus is None else gpus)
+    device = resolve_device(kwargs["settings"].get("resources", {}).get("gpus", 0) if gpus is None else gpus,
+                            device_preference(kwargs["settings"]), config_path=kwargs.get("config_path"))
     if device == "cuda":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     name = backend(device)

@@ -20,12 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from .chat_template import encode_chat, gold_tool_names, specialist_chat, specialist_rows
+from .devices import device_options, device_preference, flash_attention_available, resolve_device
 from .errors import SnaketuneError
 from .files import atomic_path, dumps_json, read_jsonl, sha256_file, write_json
 from .ranks import backend, barrier, gathered_state_dict, rank_and_world
 
 __all__ = [
-    "DETERMINISTIC_FILES", "tokenize_rows", "label_mask_tokens", "resolve_device", "resolve_options",
+    "DETERMINISTIC_FILES", "tokenize_rows", "label_mask_tokens", "resolve_options",
     "training_arguments", "lora_config", "length_grouped_sampler", "assistant_head_loss", "trainer_class",
     "set_threads", "train_adapter"
 ]
@@ -78,42 +79,10 @@ def label_mask_tokens(labels) -> int:
 
 # --- resolved options ---------------------------------------------------------------------------
 
-def resolve_device(gpus: int) -> str:
-    import torch
-
-    if gpus and torch.cuda.is_available():
-        return "cuda"
-    if gpus:
-        log.warning("resources.gpus is %d but no CUDA device is visible; training on the CPU", gpus)
-    return "cpu"
-
-
 def resolve_options(train: dict, device: str, *, config_path: str) -> dict:
-    """``auto`` choices made concrete for this device (TRL's own defaults are wrong on CPU); ``train`` is a
+    """``auto`` choices made concrete for this device (snaketune.devices.device_options); ``train`` is a
     specialist's train settings from the config file ``config_path``."""
-    import torch
-
-    dtype = train.get("dtype", "auto")
-    if dtype == "auto":
-        dtype = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if device == "cuda" else "fp32"
-    if device == "cpu" and dtype == "fp16":
-        raise SnaketuneError(config_path, "fp16 training needs a GPU", field="train.dtype",
-                             fix="use auto or fp32 on CPU")
-    gc = train.get("gradient_checkpointing", "auto")
-    gc = (device == "cuda") if gc == "auto" else bool(gc)
-    packing = train.get("packing", "auto")
-    if packing == "auto":
-        packing = device == "cuda" and _has_flash_attention()
-    return {"device": device, "dtype": dtype, "gradient_checkpointing": bool(gc), "packing": bool(packing),
-            "quantization": train.get("quantization", "none")}
-
-
-def _has_flash_attention() -> bool:
-    try:
-        import flash_attn  # noqa: F401
-        return True
-    except Exception:
-        return False
+    return device_options(device, train, config_path=config_path)
 
 
 def training_arguments(settings: dict, options: dict, output_dir) -> dict:
@@ -497,7 +466,8 @@ def start_run(base_dir, settings: dict, base_cfg: dict | None, threads: int, gpu
 
     base_cfg = dict(base_cfg or {})
     gpus = settings.get("resources", {}).get("gpus", 0) if gpus is None else gpus
-    options = resolve_options(settings["train"], resolve_device(gpus), config_path=config_path)
+    device = resolve_device(gpus, device_preference(settings), config_path=config_path)
+    options = resolve_options(settings["train"], device, config_path=config_path)
     rank, world_size = rank_and_world()  # torchrun children (snaketune.launch): rank 0 alone writes
     if world_size > 1:
         options["world_size"] = world_size  # in the fingerprint: n processes train differently from one
@@ -567,7 +537,7 @@ def build_trainer(run: TrainingRun):
     from .modeling import load_base_model
 
     options = run.options
-    flash = options["packing"] and options["device"] == "cuda" and _has_flash_attention()
+    flash = options["packing"] and options["device"] == "cuda" and flash_attention_available()
     device = options["device"]
     if run.world_size > 1 and device == "cuda":  # a quantized base goes to this rank's own card
         device = f"cuda:{torch.cuda.current_device()}"

@@ -117,14 +117,18 @@ def torch_facts() -> dict:
              "cuda": bool(torch.cuda.is_available()), "gpus": [], "bf16": None}
     mps = getattr(torch.backends, "mps", None)
     facts["mps"] = bool(mps and mps.is_available())
+    # The device a GPU job's `auto` takes here (snaketune.devices.resolve_device): CUDA, then MPS, then CPU.
+    facts["device"] = "cuda" if facts["cuda"] else "mps" if facts["mps"] else "cpu"
     if facts["cuda"]:
         for i in range(torch.cuda.device_count()):
             props = torch.cuda.get_device_properties(i)
             facts["gpus"].append({"name": props.name, "memory_gb": round(props.total_memory / GB, 1),
                                   "capability": f"{props.major}.{props.minor}"})
         facts["bf16"] = bool(torch.cuda.is_bf16_supported())
+    elif facts["mps"]:  # as torch and accelerate decide it
+        facts["bf16"] = bool(torch.backends.mps.is_macos_or_newer(14, 0))
     else:
-        try:  # CPU (and MPS) bf16: can a bf16 matmul run here at all?
+        try:  # CPU bf16: can a bf16 matmul run here at all?
             a = torch.ones(4, 4, dtype=torch.bfloat16)
             facts["bf16"] = bool(torch.equal(a @ a, torch.full((4, 4), 4.0, dtype=torch.bfloat16)))
         except (RuntimeError, TypeError):
@@ -244,7 +248,8 @@ def check_bf16(facts: dict, lock: dict | None, settings: dict, lock_path: str) -
     if not torch.get("installed"):
         return Check("bf16", "fail", "unknown: torch is missing", _install(lock_path))
     if torch.get("bf16"):
-        return Check("bf16", "pass", "bf16 supported on the " + ("GPU" if torch.get("cuda") else "CPU"))
+        where = "GPU" if torch.get("cuda") else "MPS device" if torch.get("mps") else "CPU"
+        return Check("bf16", "pass", f"bf16 supported on the {where}")
     return Check("bf16", "warn", "no bf16 here: training falls back to fp16/fp32 (more memory)",
                  "use an Ampere or newer GPU for bf16")
 
