@@ -441,12 +441,18 @@ def _parse_function_value(text: str, path: str):
     return calls, paths, arg_paths
 
 
-def convert_sharegpt(row: dict, options: dict | None = None):
-    options = options or {}
-    cols = {**SHAREGPT_COLUMNS, **(options.get("columns") or {})}
-    t = {**SHAREGPT_TAGS, **(options.get("tags") or {})}
+def _add_message(messages: list, where: Where, message: dict, path: str, call_paths=None, arg_paths=None):
+    """Append a canonical message and the source paths of it, its calls and their arguments."""
+    messages.append(message)
+    where.msg.append(path)
+    where.calls.append(call_paths)
+    where.args.append(arg_paths)
+
+
+def _sharegpt_conversation(row: dict, cols: dict, t: dict) -> list:
+    """The row's turns, once the row is one we read (no media, no preference pairs) and every turn is a
+    {role tag: string, content tag: string} object."""
     rk, ck, mk = t["role_tag"], t["content_tag"], cols["messages"]
-    where = Where(mk, cols.get("tools") or "tools")
     for media in ("images", "videos", "audios"):
         if row.get(media):
             raise ConvertError(media, "multimodal rows are not supported", "remove the column or the row")
@@ -483,7 +489,13 @@ def convert_sharegpt(row: dict, options: dict | None = None):
                 else f"content is a JSON {_type(msg.get(ck))}, not a string",
                 f"give every turn a string '{ck}' (function_call values are JSON strings)",
             )
-    # system: a system turn at [0] or the system column (LLaMA-Factory: the turn wins; here they must agree)
+    return conv
+
+
+def _sharegpt_system(row: dict, conv: list, cols: dict, t: dict) -> tuple[str, str | None, int]:
+    """(system prompt, its source path, index of the first turn after it): a system turn at [0] or the
+    system column (LLaMA-Factory: the turn wins; here they must agree)."""
+    rk, ck, mk = t["role_tag"], t["content_tag"], cols["messages"]
     col = row.get(cols["system"]) if cols.get("system") else None
     if col is not None and not isinstance(col, str):
         raise ConvertError(cols["system"], f"system is a JSON {_type(col)}, not a string", "make it a string")
@@ -497,73 +509,93 @@ def convert_sharegpt(row: dict, options: dict | None = None):
                 "keep one system prompt",
             )
         system, system_path, offset = turn or system, f"{mk}[0]" if turn else system_path, 1
-    messages = []
-    if system:
-        messages.append({"role": "system", "content": system})
-        where.msg.append(system_path)
-        where.calls.append(None)
-        where.args.append(None)
+    return system, system_path, offset
+
+
+def _check_sharegpt_tag(k: int, tag: str, t: dict, known: set, field: str) -> None:
+    """Turn ``k`` after the system prompt: human first, then human/observation and gpt/function_call turns
+    alternate; ``known`` holds those four tags, ``field`` is the turn's role tag path."""
     odd, even = (t["user_tag"], t["observation_tag"]), (t["assistant_tag"], t["function_tag"])
-    known = set(odd + even)
+    allowed = odd if k % 2 == 0 else even
+    if tag not in allowed:
+        if tag == t["system_tag"]:
+            problem = "system turn is only allowed first"
+        elif tag not in known:
+            problem = f"unknown role tag {tag!r}"
+            if tag == "tool":
+                raise ConvertError(
+                    field,
+                    problem,
+                    "tools embedded in the prompt (Hermes) are not "
+                    "supported; convert to function_call / observation turns",
+                )
+        else:
+            expected = " or ".join(map(repr, allowed))
+            problem = f"{tag!r} at this position; expected {expected} (turns alternate)"
+        raise ConvertError(field, problem, ALTERNATION_FIX)
+    if k == 0 and tag != t["user_tag"]:
+        raise ConvertError(field, "first turn is not the user's", ALTERNATION_FIX)
+
+
+def _observation_results(text: str, path: str, t: dict, after_call: bool, calls: int) -> list[str]:
+    """An observation turn's tool results: one per call of the function_call turn it must follow."""
+    rk, ck = t["role_tag"], t["content_tag"]
+    if not after_call:
+        raise ConvertError(
+            f"{path}.{rk}", "observation does not follow a function_call turn", ALTERNATION_FIX
+        )
+    parts = text.split(LF_RESPONSE_SEP)
+    if len(parts) > 1 and len(parts) != calls:
+        raise ConvertError(
+            f"{path}.{ck}",
+            f"{len(parts)} joined tool responses for {calls} call(s)",
+            "give one response per call",
+        )
+    return parts
+
+
+def _sharegpt_turns(conv: list, offset: int, mk: str, t: dict, messages: list, where: Where) -> None:
+    """Convert the turns after the system prompt (``conv[offset:]``) onto ``messages``."""
+    rk, ck = t["role_tag"], t["content_tag"]
+    known = {t["user_tag"], t["observation_tag"], t["assistant_tag"], t["function_tag"]}
     body = conv[offset:]
     if not body:
         raise ConvertError(mk, "no turns besides the system prompt", "add the human and gpt turns")
-
-    def add(message, path, call_paths=None, arg_paths=None):
-        messages.append(message)
-        where.msg.append(path)
-        where.calls.append(call_paths)
-        where.args.append(arg_paths)
-
     prev_calls = 0
     for k, msg in enumerate(body):
-        i = k + offset
-        path, tag, text = f"{mk}[{i}]", msg[rk], msg[ck]
-        allowed = odd if k % 2 == 0 else even
-        if tag not in allowed:
-            if tag == t["system_tag"]:
-                problem = "system turn is only allowed first"
-            elif tag not in known:
-                problem = f"unknown role tag {tag!r}"
-                if tag == "tool":
-                    raise ConvertError(
-                        f"{path}.{rk}",
-                        problem,
-                        "tools embedded in the prompt (Hermes) are not "
-                        "supported; convert to function_call / observation turns",
-                    )
-            else:
-                problem = (
-                    f"{tag!r} at this position; expected {' or '.join(map(repr, allowed))} (turns alternate)"
-                )
-            raise ConvertError(f"{path}.{rk}", problem, ALTERNATION_FIX)
-        if k == 0 and tag != t["user_tag"]:
-            raise ConvertError(f"{path}.{rk}", "first turn is not the user's", ALTERNATION_FIX)
+        path, tag, text = f"{mk}[{k + offset}]", msg[rk], msg[ck]
+        _check_sharegpt_tag(k, tag, t, known, f"{path}.{rk}")
         if tag == t["user_tag"]:
-            add({"role": "user", "content": text}, path)
+            _add_message(messages, where, {"role": "user", "content": text}, path)
         elif tag == t["assistant_tag"]:
-            add({"role": "assistant", "content": text}, path)
+            _add_message(messages, where, {"role": "assistant", "content": text}, path)
         elif tag == t["function_tag"]:
             calls, paths, arg_paths = _parse_function_value(text, f"{path}.{ck}")
-            add({"role": "assistant", "content": None, "tool_calls": calls}, path, paths, arg_paths)
+            message = {"role": "assistant", "content": None, "tool_calls": calls}
+            _add_message(messages, where, message, path, paths, arg_paths)
             prev_calls = len(calls)
         else:  # observation
-            if body[k - 1][rk] != t["function_tag"]:
-                raise ConvertError(
-                    f"{path}.{rk}", "observation does not follow a function_call turn", ALTERNATION_FIX
-                )
-            parts = text.split(LF_RESPONSE_SEP)
-            if len(parts) > 1 and len(parts) != prev_calls:
-                raise ConvertError(
-                    f"{path}.{ck}",
-                    f"{len(parts)} joined tool responses for {prev_calls} call(s)",
-                    "give one response per call",
-                )
-            for part in parts:
-                add({"role": "tool", "content": part}, path)
-    if len(body) % 2:
+            after_call = body[k - 1][rk] == t["function_tag"]
+            for part in _observation_results(text, path, t, after_call, prev_calls):
+                _add_message(messages, where, {"role": "tool", "content": part}, path)
+
+
+def convert_sharegpt(row: dict, options: dict | None = None):
+    """LLaMA-Factory's tool-use ShareGPT row (columns and tags renamed by options) -> (chat row, Where)."""
+    options = options or {}
+    cols = {**SHAREGPT_COLUMNS, **(options.get("columns") or {})}
+    t = {**SHAREGPT_TAGS, **(options.get("tags") or {})}
+    mk = cols["messages"]
+    where = Where(mk, cols.get("tools") or "tools")
+    conv = _sharegpt_conversation(row, cols, t)
+    system, system_path, offset = _sharegpt_system(row, conv, cols, t)
+    messages = []
+    if system:
+        _add_message(messages, where, {"role": "system", "content": system}, system_path)
+    _sharegpt_turns(conv, offset, mk, t, messages, where)
+    if (len(conv) - offset) % 2:
         raise ConvertError(
-            f"{mk}[{len(conv) - 1}].{rk}",
+            f"{mk}[{len(conv) - 1}].{t['role_tag']}",
             "conversation ends on a human/observation turn",
             "end with the gpt or function_call turn to learn",
         )
@@ -638,58 +670,64 @@ def axolotl_settings(ds: dict) -> dict:
     }
 
 
-def _convert_messages(row, s, strict_roles: bool):
-    fm, mp = s["field_messages"], s["mappings"]
+def _message_list(row, fm: str) -> tuple[list, str]:
+    """(the row's messages, their source path): a list under ``fm``, or a JSON string of one."""
     raw, path0 = row.get(fm), fm
     if isinstance(raw, str):
         raw, path0 = _loads(raw, fm, "messages", inner=fm + "#"), fm + "#"
-    where = Where(path0, s["field_tools"])
     if not isinstance(raw, list) or not raw:
         raise ConvertError(
             path0,
             "missing or not a non-empty list of messages",
             f"write the conversation as a list under '{fm}'",
         )
-    msgs = []
-    for i, m in enumerate(raw):
-        p = f"{path0}[{i}]"
-        if not isinstance(m, dict):
-            raise ConvertError(
-                p,
-                f"message is a JSON {_type(m)}, not an object",
-                f'write {{"{mp["role"]}": ..., "{mp["content"]}": ...}}',
-            )
-        if "function_call" in m or m.get(mp["role"]) == "function":
-            raise ConvertError(
-                p,
-                "legacy OpenAI functions API (function_call / role 'function')",
-                "convert to tool_calls and role 'tool'",
-            )
-        role = m.get(mp["role"])
-        if not isinstance(role, str):
-            raise ConvertError(
-                f"{p}.{mp['role']}",
-                "missing role" if role is None else "role is not a string",
-                f"give every message a '{mp['role']}'",
-            )
-        mapped = s["roles"].get(role, role)
-        if mapped not in CANONICAL_ROLES:
-            hint = (
-                "use system, user, assistant or tool"
-                if strict_roles
-                else "map it under options.roles, e.g. {assistant: [gpt, model]}"
-            )
-            raise ConvertError(
-                f"{p}.{mp['role']}", f"role {role!r} is not one of {', '.join(CANONICAL_ROLES)}", hint
-            )
-        if m.get(s["field_thinking"]):
-            raise ConvertError(
-                f"{p}.{s['field_thinking']}",
-                "reasoning content is not supported",
-                "drop it or fold it into content",
-            )
-        msgs.append((mapped, m, p))
-    # field_system: axolotl prepends it when the first message is not a system turn
+    return raw, path0
+
+
+def _message_role(m, p: str, s: dict, strict_roles: bool) -> str:
+    """The canonical role of source message ``m`` at ``p``, once it is an object we read."""
+    mp = s["mappings"]
+    if not isinstance(m, dict):
+        raise ConvertError(
+            p,
+            f"message is a JSON {_type(m)}, not an object",
+            f'write {{"{mp["role"]}": ..., "{mp["content"]}": ...}}',
+        )
+    if "function_call" in m or m.get(mp["role"]) == "function":
+        raise ConvertError(
+            p,
+            "legacy OpenAI functions API (function_call / role 'function')",
+            "convert to tool_calls and role 'tool'",
+        )
+    role = m.get(mp["role"])
+    if not isinstance(role, str):
+        raise ConvertError(
+            f"{p}.{mp['role']}",
+            "missing role" if role is None else "role is not a string",
+            f"give every message a '{mp['role']}'",
+        )
+    mapped = s["roles"].get(role, role)
+    if mapped not in CANONICAL_ROLES:
+        hint = (
+            "use system, user, assistant or tool"
+            if strict_roles
+            else "map it under options.roles, e.g. {assistant: [gpt, model]}"
+        )
+        raise ConvertError(
+            f"{p}.{mp['role']}", f"role {role!r} is not one of {', '.join(CANONICAL_ROLES)}", hint
+        )
+    if m.get(s["field_thinking"]):
+        raise ConvertError(
+            f"{p}.{s['field_thinking']}",
+            "reasoning content is not supported",
+            "drop it or fold it into content",
+        )
+    return mapped
+
+
+def _with_system(msgs: list, row, s: dict) -> list:
+    """``msgs`` ((role, message, path) triples) with field_system prepended as axolotl does when the first
+    message is not a system turn, and the system turn dropped under drop_system_message."""
     sys_val = row.get(s["field_system"]) if s["field_system"] else None
     if msgs[0][0] != "system" and sys_val is not None:
         if not isinstance(sys_val, str):
@@ -697,42 +735,55 @@ def _convert_messages(row, s, strict_roles: bool):
                 s["field_system"], f"system is a JSON {_type(sys_val)}, not a string", "make it a string"
             )
         if sys_val.strip():
-            msgs.insert(0, ("system", {mp["content"]: sys_val}, s["field_system"]))
+            msgs.insert(0, ("system", {s["mappings"]["content"]: sys_val}, s["field_system"]))
     if s["drop_system_message"] and msgs[0][0] == "system":
         msgs = msgs[1:]
-    out, ids_per_msg, tool_ids = [], [], []
+    return msgs
+
+
+def _convert_message(role: str, m: dict, p: str, mp: dict) -> tuple[dict, list, list, list, str | None]:
+    """(canonical message, source paths of its calls and their arguments, the call ids, its tool_call_id)."""
     tc_key, id_key, name_key = (
         mp.get("tool_calls", "tool_calls"),
         mp.get("tool_call_id", "tool_call_id"),
         mp.get("name", "name"),
     )
+    content = content_text(m.get(mp["content"]), f"{p}.{mp['content']}", role)
+    new = {"role": role, "content": content}
+    ids, tid, cpaths, apaths = None, None, None, None
+    if m.get(tc_key) not in (None, []):
+        if role != "assistant":
+            raise ConvertError(
+                f"{p}.{tc_key}",
+                f"a {role} message carries tool_calls",
+                "only assistant messages call tools",
+            )
+        calls, cpaths, apaths, ids = convert_tool_calls(m[tc_key], f"{p}.{tc_key}")
+        new["tool_calls"] = calls
+        if content is not None and not content.strip():
+            new["content"] = None  # "" and null are one spelling of a pure call turn (one id)
+    if role == "tool":
+        tid = m.get(id_key)
+        if tid is not None and not isinstance(tid, str):
+            raise ConvertError(
+                f"{p}.{id_key}", "tool_call_id is not a string", "make it the call's id string"
+            )
+        if isinstance(m.get(name_key), str) and m[name_key]:
+            new["name"] = m[name_key]
+    return new, cpaths, apaths, ids, tid
+
+
+def _convert_messages(row, s, strict_roles: bool):
+    """The messages of a chat / axolotl row under settings ``s`` (axolotl_settings) -> (messages, Where)."""
+    raw, path0 = _message_list(row, s["field_messages"])
+    where = Where(path0, s["field_tools"])
+    paths = [f"{path0}[{i}]" for i in range(len(raw))]
+    msgs = [(_message_role(m, p, s, strict_roles), m, p) for m, p in zip(raw, paths)]
+    msgs = _with_system(msgs, row, s)
+    out, ids_per_msg, tool_ids = [], [], []
     for role, m, p in msgs:
-        content = content_text(m.get(mp["content"]), f"{p}.{mp['content']}", role)
-        new = {"role": role, "content": content}
-        ids, tid, cpaths, apaths = None, None, None, None
-        if m.get(tc_key) not in (None, []):
-            if role != "assistant":
-                raise ConvertError(
-                    f"{p}.{tc_key}",
-                    f"a {role} message carries tool_calls",
-                    "only assistant messages call tools",
-                )
-            calls, cpaths, apaths, ids = convert_tool_calls(m[tc_key], f"{p}.{tc_key}")
-            new["tool_calls"] = calls
-            if content is not None and not content.strip():
-                new["content"] = None  # "" and null are one spelling of a pure call turn (one id)
-        if role == "tool":
-            tid = m.get(id_key)
-            if tid is not None and not isinstance(tid, str):
-                raise ConvertError(
-                    f"{p}.{id_key}", "tool_call_id is not a string", "make it the call's id string"
-                )
-            if isinstance(m.get(name_key), str) and m[name_key]:
-                new["name"] = m[name_key]
-        out.append(new)
-        where.msg.append(p)
-        where.calls.append(cpaths)
-        where.args.append(apaths)
+        new, cpaths, apaths, ids, tid = _convert_message(role, m, p, s["mappings"])
+        _add_message(out, where, new, p, cpaths, apaths)
         ids_per_msg.append(ids)
         tool_ids.append(tid)
     check_tool_results(out, where, ids_per_msg, tool_ids)
@@ -808,20 +859,18 @@ def detect_format(row, declared: str = "auto") -> str:
     )
 
 
-def check_options(fmt: str, options: dict) -> None:
-    """A source's ``options`` for its format; errors name the option (a field under options)."""
-    fmt = ALIASES.get(fmt, fmt)
-    if not options:
-        return
-    if not isinstance(options, dict):
-        raise ConvertError(None, "options is not a mapping", "write options: {key: value}")
-    if fmt not in ("sharegpt", "axolotl"):
-        raise ConvertError(
-            next(iter(options)),
-            f"format {fmt!r} takes no options",
-            "remove options, or set format: sharegpt or axolotl",
-        )
-    known = SHAREGPT_KEYS if fmt == "sharegpt" else AXOLOTL_KEYS | AXOLOTL_IGNORED
+AXOLOTL_NAME_OPTIONS = (  # options that name a key of the user's rows
+    "field_messages",
+    "field_system",
+    "field_tools",
+    "field_thinking",
+    "message_field_role",
+    "message_field_content",
+)
+
+
+def _check_known_keys(fmt: str, options: dict, known: set) -> None:
+    """Every option is one the format has; a misspelt one names its closest match."""
     for key in options:
         if key not in known:
             close = difflib.get_close_matches(str(key), sorted(known), n=1)
@@ -830,53 +879,33 @@ def check_options(fmt: str, options: dict) -> None:
                 f"unknown {fmt} option",
                 f"did you mean '{close[0]}'?" if close else f"use one of {', '.join(sorted(known))}",
             )
-    if fmt == "sharegpt":
-        for key, allowed in (("columns", SHAREGPT_COLUMNS), ("tags", SHAREGPT_TAGS)):
-            value = options.get(key) or {}
-            if not isinstance(value, dict):
-                raise ConvertError(key, f"{key} is not a mapping", f"write {key}: {{name: value}}")
-            for name, text in value.items():
-                if name not in allowed:
-                    raise ConvertError(
-                        f"{key}.{name}",
-                        f"unknown sharegpt {key[:-1]}",
-                        f"use one of {', '.join(allowed)} (multimodal and ranking columns are not supported)",
-                    )
-                if not isinstance(text, str) or not text:
-                    raise ConvertError(
-                        f"{key}.{name}", "is not a non-empty string", "name the key in your rows"
-                    )
-        if options.get("formatting", "sharegpt") != "sharegpt":
-            raise ConvertError(
-                "formatting",
-                f"formatting {options['formatting']!r} is not sharegpt",
-                "use format: instruction for alpaca rows",
-            )
-        return
-    if options.get("type", "chat_template") != "chat_template":
+
+
+def _check_sharegpt_options(options: dict) -> None:
+    """columns and tags rename only the keys LLaMA-Factory has, to non-empty names; formatting is sharegpt."""
+    for key, allowed in (("columns", SHAREGPT_COLUMNS), ("tags", SHAREGPT_TAGS)):
+        value = options.get(key) or {}
+        if not isinstance(value, dict):
+            raise ConvertError(key, f"{key} is not a mapping", f"write {key}: {{name: value}}")
+        for name, text in value.items():
+            if name not in allowed:
+                raise ConvertError(
+                    f"{key}.{name}",
+                    f"unknown sharegpt {key[:-1]}",
+                    f"use one of {', '.join(allowed)} (multimodal and ranking columns are not supported)",
+                )
+            if not isinstance(text, str) or not text:
+                raise ConvertError(f"{key}.{name}", "is not a non-empty string", "name the key in your rows")
+    if options.get("formatting", "sharegpt") != "sharegpt":
         raise ConvertError(
-            "type",
-            f"axolotl type {options['type']!r} is not chat_template",
-            "snaketune reads axolotl's chat_template datasets",
+            "formatting",
+            f"formatting {options['formatting']!r} is not sharegpt",
+            "use format: instruction for alpaca rows",
         )
-    for key in (
-        "field_messages",
-        "field_system",
-        "field_tools",
-        "field_thinking",
-        "message_field_role",
-        "message_field_content",
-    ):
-        if key in options and not (isinstance(options[key], str) and options[key]):
-            raise ConvertError(key, "is not a non-empty string", "name the key in your rows")
-    mappings = options.get("message_property_mappings") or {}
-    if not isinstance(mappings, dict) or not all(isinstance(v, str) and v for v in mappings.values()):
-        raise ConvertError(
-            "message_property_mappings",
-            "is not a mapping of names to names",
-            "write e.g. {role: from, content: value}",
-        )
-    roles = options.get("roles") or {}
+
+
+def _check_axolotl_roles(roles) -> None:
+    """roles: canonical role -> a name or a list of names the rows use for it."""
     if not isinstance(roles, dict):
         raise ConvertError("roles", "is not a mapping", "write e.g. {user: [human], assistant: [gpt]}")
     for target, sources in roles.items():
@@ -891,6 +920,27 @@ def check_options(fmt: str, options: dict) -> None:
             or (isinstance(sources, list) and all(isinstance(x, str) for x in sources))
         ):
             raise ConvertError(f"roles.{target}", "is not a list of names", f"write {target}: [name, ...]")
+
+
+def _check_axolotl_options(options: dict) -> None:
+    """A chat_template dataset block: key names are strings, roles map onto ours, assistant turns train."""
+    if options.get("type", "chat_template") != "chat_template":
+        raise ConvertError(
+            "type",
+            f"axolotl type {options['type']!r} is not chat_template",
+            "snaketune reads axolotl's chat_template datasets",
+        )
+    for key in AXOLOTL_NAME_OPTIONS:
+        if key in options and not (isinstance(options[key], str) and options[key]):
+            raise ConvertError(key, "is not a non-empty string", "name the key in your rows")
+    mappings = options.get("message_property_mappings") or {}
+    if not isinstance(mappings, dict) or not all(isinstance(v, str) and v for v in mappings.values()):
+        raise ConvertError(
+            "message_property_mappings",
+            "is not a mapping of names to names",
+            "write e.g. {role: from, content: value}",
+        )
+    _check_axolotl_roles(options.get("roles") or {})
     if "drop_system_message" in options and not isinstance(options["drop_system_message"], bool):
         raise ConvertError("drop_system_message", "is not true or false", "write true or false")
     if options.get("roles_to_train", ["assistant"]) not in (["assistant"], None):
@@ -900,6 +950,27 @@ def check_options(fmt: str, options: dict) -> None:
             "remove roles_to_train or set it to [assistant]",
         )
     axolotl_settings(options)  # legacy / new mapping conflicts
+
+
+def check_options(fmt: str, options: dict) -> None:
+    """A source's ``options`` for its format; errors name the option (a field under options)."""
+    fmt = ALIASES.get(fmt, fmt)
+    if not options:
+        return
+    if not isinstance(options, dict):
+        raise ConvertError(None, "options is not a mapping", "write options: {key: value}")
+    if fmt not in ("sharegpt", "axolotl"):
+        raise ConvertError(
+            next(iter(options)),
+            f"format {fmt!r} takes no options",
+            "remove options, or set format: sharegpt or axolotl",
+        )
+    if fmt == "sharegpt":
+        _check_known_keys(fmt, options, SHAREGPT_KEYS)
+        _check_sharegpt_options(options)
+    else:
+        _check_known_keys(fmt, options, AXOLOTL_KEYS | AXOLOTL_IGNORED)
+        _check_axolotl_options(options)
 
 
 def convert(kind: str, row: dict, options: dict | None = None):
