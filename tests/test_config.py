@@ -41,7 +41,7 @@ def config(rendered=None, **spec) -> dict:
 def test_eval_settings_render_tools_as_training_did_but_never_only_the_called_ones(rendered, shown):
     assert eval_settings(config(rendered), "runner") == {
         "name": "runner", "system_prompt": "Drive the emulator.", "system_prompt_mode": "prepend",
-        "focus_tools": ["mesen2.run"], "train": {"tools_rendered": shown}}
+        "focus_tools": ["mesen2.run"], "train": {"tools_rendered": shown}, "resources": {"device": "auto"}}
 
 
 def test_eval_settings_ignore_training_settings_that_do_not_change_the_prompts():
@@ -67,7 +67,8 @@ def test_test_set_evals_do_not_take_the_benchmark_stages_keys_and_benchmarks_tak
     }
     assert eval_params(cfg) == {"batch_size": 8, "max_new_tokens": 64, "targets": {}, "scoring": "strict"}
     assert benchmark_eval_params(cfg) == {"batch_size": 8, "max_new_tokens": 64}
-    assert benchmark_settings(cfg, "runner") == {"name": "runner", "system_prompt": "Drive the emulator."}
+    assert benchmark_settings(cfg, "runner") == {"name": "runner", "system_prompt": "Drive the emulator.",
+                                                 "resources": {"device": "auto"}}
 
 
 def test_specialist_settings_default_what_the_specialist_leaves_out():

@@ -101,7 +101,8 @@ def test_cpu_options_are_unchanged(machine):
                                                     "quantization": "none"}
     with pytest.raises(SnaketuneError, match=r"train\.dtype: fp16 training needs a GPU"):
         devices.device_options("cpu", {**TRAIN, "dtype": "fp16"})
-    assert resolve_options(TRAIN, "cpu") == devices.device_options("cpu", TRAIN)  # training's name for it
+    # training's name for it
+    assert resolve_options(TRAIN, "cpu", config_path="my.yaml") == devices.device_options("cpu", TRAIN)
 
 
 @pytest.mark.parametrize("bf16, flash, want_dtype, want_packing", [
@@ -212,7 +213,7 @@ def test_eval_loads_the_model_on_the_chosen_device(machine, monkeypatch, tmp_pat
     write_jsonl(tmp_path / "test.jsonl", [normalise_row(r) for r in generate_demo_rows(10, seed=3)])
     seen = {}
 
-    def load(base_cfg, adapter_dir=None, threads=None, device="cpu"):
+    def load(base_cfg, adapter_dir=None, threads=None, config_path=None, device="cpu"):
         seen["device"] = device
         raise _Loaded
 
@@ -222,7 +223,7 @@ def test_eval_loads_the_model_on_the_chosen_device(machine, monkeypatch, tmp_pat
         evaluation.evaluate(base_cfg={"name_or_path": "unused"}, test_path=tmp_path / "test.jsonl",
                             settings=settings, eval_cfg={"batch_size": 2, "max_new_tokens": 4, "targets": {}},
                             out_json=tmp_path / "r.json", out_generations=tmp_path / "g.jsonl",
-                            out_timing=tmp_path / "t.json", gpus=gpus)
+                            out_timing=tmp_path / "t.json", gpus=gpus, config_path="my.yaml")
     assert seen["device"] == want
     assert not (tmp_path / "r.json").exists()
 

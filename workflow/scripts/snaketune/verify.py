@@ -23,7 +23,7 @@ from .files import atomic_path, dumps_json
 
 __all__ = [
     "Check", "read_lock", "parse_lock", "lock_for_torch", "same_version", "lock_drift",
-    "installed_packages", "gather_facts", "run_checks", "overall", "verify_environment"
+    "installed_packages", "gather_facts", "run_checks", "overall", "verify_environment", "torch_facts",
 ]
 
 GB = 1024**3
@@ -248,8 +248,8 @@ def check_bf16(facts: dict, lock: dict | None, settings: dict, lock_path: str) -
     if not torch.get("installed"):
         return Check("bf16", "fail", "unknown: torch is missing", _install(lock_path))
     if torch.get("bf16"):
-        where = "GPU" if torch.get("cuda") else "MPS device" if torch.get("mps") else "CPU"
-        return Check("bf16", "pass", f"bf16 supported on the {where}")
+        where = "the GPU" if torch.get("cuda") else "MPS" if torch.get("mps") else "the CPU"
+        return Check("bf16", "pass", f"bf16 supported on {where}")
     return Check("bf16", "warn", "no bf16 here: training falls back to fp16/fp32 (more memory)",
                  "use an Ampere or newer GPU for bf16")
 
