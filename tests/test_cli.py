@@ -287,12 +287,13 @@ def test_status_names_the_one_stale_specialist_with_snakemakes_reason(run, tmp_p
 @pytest.mark.slow
 def test_run_dry_run_plans_what_snakemake_plans(run, tmp_path):
     override = tmp_path / "lr.yaml"
-    override.write_text(yaml.safe_dump({"specialists": {"mesen-runner": {"train": {"lr": 2.0e-3}}}}))
+    override.write_text(yaml.safe_dump({"defaults": {"train": {"lr": 2.0e-3}}}))  # merges; retrains all
     before = tree_state(run)
     ours = snaketune("run", "-n", "--configfile", override.name, "--directory", str(run), cwd=tmp_path)
     theirs = planned_jobs(run, "--configfile", str(override))
     assert cli.planned_counts(ours.stdout + ours.stderr) == theirs
-    assert theirs["train"] == 1 and theirs["evaluate_tuned"] == 1 and "evaluate_base" not in theirs
+    n = len(yaml.safe_load((run / "config/config.yaml").read_text())["specialists"])
+    assert theirs["train"] == n and theirs["evaluate_tuned"] == n and "evaluate_base" not in theirs
     assert f"--configfile {override}" in ours.stderr  # relative to where the user was, absolute for Snakemake
     unchanged = snaketune("run", "-n", "--directory", str(run))
     assert "Nothing to be done" in unchanged.stdout + unchanged.stderr

@@ -36,9 +36,10 @@ CONFIG_LAYERS = layered_config(
 )
 config.clear()
 config.update(CONFIG_LAYERS.config)
-# The file the user edits, for errors the run itself finds about the config (the last --configfile, else the
-# default); checks before the run name the exact file each key came from (CONFIG_LAYERS).
-CONFIG_PATH = display_path(_user_files[-1]) if _user_files else (_default_file or "config/config.yaml")
+# The file that names the specialists, for errors the run itself finds about their settings (a rule param:
+# an overlay that only changes, say, defaults.train.lr keeps it, so it reruns only what the value changes);
+# checks before the run name the exact file each key came from (CONFIG_LAYERS).
+CONFIG_PATH = display_path(CONFIG_LAYERS.file_of("specialists") or "config/config.yaml")
 _schema = load_schema(CONFIG_SCHEMA)
 check_config(config, _schema, CONFIG_LAYERS)
 validate(config, CONFIG_SCHEMA)
