@@ -17,7 +17,7 @@ from snaketune.demo import generate_demo_rows
 from snaketune.errors import SnaketuneError
 from snaketune.files import sha256_tree, write_jsonl
 
-from pipeline import TINY_BASE_SHAPE, DEMO_SPECIALISTS, make_workdir, planned_jobs, snakemake, tiny_config
+from pipeline import DEMO_SPECIALISTS, TINY_BASE_SHAPE, make_workdir, planned_jobs, snakemake, tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = load_schema(REPO / "config" / "schemas" / "config.schema.yaml")
@@ -53,9 +53,9 @@ def tiny(tmp_path_factory):
 def _train(tiny, out, ckpt, tracking=None, train=None):
     from snaketune.training import train_adapter
 
-    return train_adapter(tiny / "base", tiny / "train.jsonl", tiny / "val.jsonl", out, settings_for(train), ckpt,
-                         base_cfg={"name_or_path": "results/base/tiny"}, threads=1, config_path=CONFIG_PATH,
-                         tracking=tracking)
+    return train_adapter(tiny / "base", tiny / "train.jsonl", tiny / "val.jsonl", out, settings_for(train),
+                         ckpt, base_cfg={"name_or_path": "results/base/tiny"}, threads=1,
+                         config_path=CONFIG_PATH, tracking=tracking)
 
 
 def _scalars(logdir: Path, tag: str) -> list[tuple[int, float]]:
@@ -70,8 +70,9 @@ def _scalars(logdir: Path, tag: str) -> list[tuple[int, float]]:
 def tracked(tiny, tmp_path_factory):
     """The same training twice: with report_to none, then with tensorboard + mlflow, while a probe reads
     the TensorBoard event files at the start of step 5 (what `tensorboard --logdir` would show then)."""
-    import snaketune.tracking as tracking
     from transformers import TrainerCallback
+
+    import snaketune.tracking as tracking
 
     root = tmp_path_factory.mktemp("tracked")
     seen = {}
@@ -86,7 +87,8 @@ def tracked(tiny, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         for name in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME"):
             mp.delenv(name, raising=False)
-        off = _train(tiny, root / "off", root / "ck_off", {"report_to": ["none"], "dir": str(root / "untracked")})
+        off = _train(tiny, root / "off", root / "ck_off",
+                     {"report_to": ["none"], "dir": str(root / "untracked")})
         mp.setattr(tracking, "live_callbacks", lambda tracker: [*original(tracker), Probe()])
         on = _train(tiny, root / "on", root / "ck_on",
                     {"report_to": ["tensorboard", "mlflow"], "dir": str(root / "tracking")},
@@ -138,7 +140,8 @@ def test_mlflow_run_holds_params_losses_the_adapter_hash_and_the_eval_metrics(tr
     assert run.data.metrics["eval_loss"] == metrics["eval_loss"]
     params = run.data.params
     assert params["lora.r"] == "4" and params["train.lr"] == "0.005" and params["resolved.device"] == "cpu"
-    assert params["data.train_sha256"] == spec["data"]["train"]["sha256"] and params["resolved.liger"] == "false"
+    assert params["data.train_sha256"] == spec["data"]["train"]["sha256"]
+    assert params["resolved.liger"] == "false"
     assert not any(key.startswith("train.report_to") for key in params)
     assert experiment.artifact_location == (root / "tracking/mlflow-artifacts").resolve().as_uri()
 
@@ -150,8 +153,9 @@ def test_mlflow_run_holds_params_losses_the_adapter_hash_and_the_eval_metrics(tr
     tracking = {"report_to": ["mlflow"], "dir": str(root / "tracking")}
     assert log_eval(tracking, root / "on", tmp_path / "eval.json") == run.info.run_id
     logged = client.get_run(run.info.run_id).data.metrics
-    assert {k: logged[k] for k in ("test/tool_accuracy", "test/exact_match", "test/loss", "test/targets_met")} \
-        == {"test/tool_accuracy": 0.75, "test/exact_match": 0.5, "test/loss": 1.25, "test/targets_met": 0.0}
+    expected = {"test/tool_accuracy": 0.75, "test/exact_match": 0.5, "test/loss": 1.25,
+                "test/targets_met": 0.0}
+    assert {k: logged[k] for k in expected} == expected
     assert client.get_metric_history(run.info.run_id, "test/param_f1")[0].step == metrics["global_step"]
     # an adapter no run trained: said in the log, nothing logged
     (tmp_path / "other").mkdir()
@@ -171,13 +175,14 @@ def test_wandb_asked_for_but_not_installed_is_a_clear_error(tiny, tmp_path, monk
     assert err.value.field == "train.report_to" and err.value.path == CONFIG_PATH
     assert "asks for wandb but wandb is not installed" in str(err.value)
     assert "pip install wandb" in err.value.fix and "WANDB_MODE=offline" in err.value.fix
-    assert not (tmp_path / "ck").exists() and not (tmp_path / "out").exists() and not (tmp_path / "tracking").exists()
+    assert not any((tmp_path / name).exists() for name in ("ck", "out", "tracking"))
 
 
 def test_report_to_settings(tmp_path):
     from snaketune.tracking import report_targets, tracking_settings, without_tracking
 
-    assert report_targets("none") == [] and report_targets(["mlflow", "tensorboard"]) == ["mlflow", "tensorboard"]
+    assert report_targets("none") == []
+    assert report_targets(["mlflow", "tensorboard"]) == ["mlflow", "tensorboard"]
     assert report_targets("wandb") == ["wandb"]
     with pytest.raises(SnaketuneError, match="none beside reporters"):
         report_targets(["none", "mlflow"], config_path=CONFIG_PATH)
@@ -186,7 +191,8 @@ def test_report_to_settings(tmp_path):
     assert tracking_settings(config, "a") == {"report_to": ["mlflow"], "dir": "results/tracking"}
     assert tracking_settings(config, "b")["report_to"] == ["tensorboard"]  # the schema's default
     settings = specialist_settings(config, "a")
-    assert "report_to" not in without_tracking(settings)["train"] and settings["train"]["report_to"] == "mlflow"
+    assert "report_to" not in without_tracking(settings)["train"]
+    assert settings["train"]["report_to"] == "mlflow"  # the caller's settings are left alone
 
 
 # ------------------------------------------------------------------ kernels
@@ -246,7 +252,8 @@ def test_pipeline_reports_to_tensorboard_and_mlflow_and_toggling_it_reruns_nothi
     adapter = work / "results/adapters" / SPECIALIST
     metrics = json.loads((adapter / "train_metrics.json").read_text())
     record = json.loads((work / f"results/provenance/train/{SPECIALIST}.json").read_text())
-    (adapter_hash,) = [o["sha256"] for o in record["outputs"] if o["path"] == f"results/adapters/{SPECIALIST}"]
+    (adapter_hash,) = [out["sha256"] for out in record["outputs"]
+                       if out["path"] == f"results/adapters/{SPECIALIST}"]
     assert "report_to" not in record["params"]["settings"]["train"]
 
     (run_dir,) = (work / "results/tracking/tensorboard" / SPECIALIST).iterdir()
@@ -269,3 +276,27 @@ def test_pipeline_reports_to_tensorboard_and_mlflow_and_toggling_it_reruns_nothi
     off["defaults"]["train"]["report_to"] = "none"
     make_workdir(work, off)
     assert planned_jobs(work, target) == {}
+
+
+def test_gpu_bench_pairs_liger_variants_with_their_twins_and_exits_cleanly_without_cuda():
+    import importlib.util
+    import subprocess
+
+    sys.path.insert(0, str(REPO / "bench"))
+    spec = importlib.util.spec_from_file_location("bench_gpu", REPO / "bench" / "gpu.py")
+    gpu = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu)
+    results = [{"variant": "lora", "tokens_per_s": 1000.0, "peak_vram_gib": 30.0},
+               {"variant": "lora-liger", "tokens_per_s": 1250.0, "peak_vram_gib": 26.5},
+               {"variant": "lora-packing-liger", "skipped": "liger_kernel is not installed"},
+               {"variant": "qlora-packing-liger", "tokens_per_s": 500.0, "peak_vram_gib": 9.0}]  # no twin run
+    assert gpu.liger_pairs(results) == [{"variant": "lora-liger", "without": "lora",
+                                         "tokens_per_s_ratio": 1.25, "peak_vram_gib": 26.5,
+                                         "peak_vram_gib_without": 30.0, "peak_vram_gib_delta": -3.5}]
+    assert "lora-liger" in gpu.QUICK_VARIANTS
+    import torch
+
+    if not torch.cuda.is_available():
+        proc = subprocess.run([sys.executable, str(REPO / "bench" / "gpu.py")], capture_output=True,
+                              text=True, timeout=300)
+        assert proc.returncode == 0 and "no CUDA device here; nothing to measure" in proc.stdout

@@ -43,8 +43,8 @@ def resolve_kernels(train: dict, device: str, *, config_path: str | None) -> boo
         if not cuda:
             raise config_error("train.kernels", f"is liger but this step trains on {device}: Liger's kernels "
                                "are Triton kernels for CUDA GPUs",
-                               fix="set kernels: auto (Liger wherever CUDA is) or none, or give the specialist "
-                                   "a GPU (resources.gpus)", config_path=config_path)
+                               fix="set kernels: auto (Liger wherever CUDA is) or none, or give the "
+                                   "specialist a GPU (resources.gpus)", config_path=config_path)
         if not liger_available():
             raise config_error("train.kernels", "is liger but liger-kernel is not installed",
                                fix=f"pip install {LIGER_PIN}, or set kernels: auto", config_path=config_path)

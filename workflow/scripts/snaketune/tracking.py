@@ -199,7 +199,8 @@ def _mlflow_callback(client, run_id: str):
                 log_metrics(client, run_id, _numbers(logs), state.global_step)
             except Exception as err:  # noqa: BLE001 - a tracking server's hiccup must not end the training
                 if not self.failed:
-                    log.warning("MLflow: could not log step %d (%s); training goes on", state.global_step, err)
+                    log.warning("MLflow: could not log step %d (%s); training goes on",
+                                state.global_step, err)
                 self.failed = True
 
     return MlflowMetrics()
@@ -290,8 +291,8 @@ class Tracker:
                    config=_flat_params("", params, {}), tags=[self.specialist], group=self.specialist)
         self.wandb = wandb
         self.callbacks.append(WandbCallback())
-        log.info("W&B: run %s (project %s, mode %s)", self.name, os.environ.get("WANDB_PROJECT") or EXPERIMENT,
-                 os.environ.get("WANDB_MODE", "online"))
+        log.info("W&B: run %s (project %s, mode %s)", self.name,
+                 os.environ.get("WANDB_PROJECT") or EXPERIMENT, os.environ.get("WANDB_MODE", "online"))
 
     def finish(self, adapter_dir, metrics: dict) -> None:
         """The adapter is saved: its hash on the runs (eval finds the MLflow run by it), runs closed."""
@@ -334,7 +335,8 @@ def start_tracking(tracking: dict | None, run, trainer) -> Tracker:
         return tracker
     settings = run.settings
     params = {"lora": settings["lora"], "train": settings["train"], "resolved": run.options,
-              "system_prompt": settings.get("system_prompt", ""), "focus_tools": settings.get("focus_tools", []),
+              "system_prompt": settings.get("system_prompt", ""),
+              "focus_tools": settings.get("focus_tools", []),
               "base_model": run.identity.get("name_or_path", run.base_name),
               "data": {"train_sha256": run.data_hashes.get("train"), "val_sha256": run.data_hashes.get("val"),
                        "train_examples": len(run.train_examples), "val_examples": len(run.val_examples)}}
@@ -391,5 +393,6 @@ def log_eval(tracking: dict | None, adapter_dir, result_path) -> str | None:
                .get("global_step", 0))
     log_metrics(client, run.info.run_id, eval_metrics(result), step)
     client.set_tag(run.info.run_id, TAG + "eval", Path(result_path).as_posix())
-    log.info("MLflow: eval metrics of %s logged to run %s (%s)", adapter_dir, run.info.run_name, run.info.run_id)
+    log.info("MLflow: eval metrics of %s logged to run %s (%s)", adapter_dir, run.info.run_name,
+             run.info.run_id)
     return run.info.run_id
