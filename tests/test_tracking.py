@@ -300,3 +300,13 @@ def test_gpu_bench_pairs_liger_variants_with_their_twins_and_exits_cleanly_witho
         proc = subprocess.run([sys.executable, str(REPO / "bench" / "gpu.py")], capture_output=True,
                               text=True, timeout=300)
         assert proc.returncode == 0 and "no CUDA device here; nothing to measure" in proc.stdout
+
+
+def test_an_mlflow_store_that_cannot_be_opened_stops_the_step_before_it_trains(tiny, tmp_path, monkeypatch):
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path.as_posix()}/a-file/mlflow.db")
+    with pytest.raises(SnaketuneError) as err:
+        _train(tiny, tmp_path / "out", tmp_path / "ck", {"report_to": ["mlflow"], "dir": str(tmp_path / "t")})
+    assert err.value.field == "train.report_to" and "the MLflow store cannot be opened" in str(err.value)
+    assert err.value.path.endswith("a-file/mlflow.db") and "MLFLOW_TRACKING_URI" in err.value.fix
+    assert not (tmp_path / "out").exists() and not list((tmp_path / "ck").glob("checkpoint-*"))

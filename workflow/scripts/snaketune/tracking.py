@@ -28,7 +28,7 @@ import os
 import time
 from pathlib import Path
 
-from .errors import config_error
+from .errors import SnaketuneError, config_error
 
 __all__ = [
     "REPORTERS", "TRACKING_DIR", "TRACKING_KEYS", "report_targets", "tracking_settings", "without_tracking",
@@ -252,9 +252,16 @@ class Tracker:
         from mlflow.entities import Param, RunTag
         from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BATCH
 
-        with _store_lock(self.dir):
-            client = _mlflow_client(self.dir)
-            experiment = mlflow_experiment(client, self.dir)
+        try:
+            with _store_lock(self.dir):
+                client = _mlflow_client(self.dir)
+                experiment = mlflow_experiment(client, self.dir)
+        except Exception as err:  # noqa: BLE001 - any store failure: said before training starts
+            why = " ".join(str(err).split())[:500]
+            raise SnaketuneError(mlflow_uri(self.dir), f"the MLflow store cannot be opened ({why})",
+                                 field="train.report_to",
+                                 fix="start the tracking server, or unset MLFLOW_TRACKING_URI for the local "
+                                     "store, or drop mlflow from report_to") from err
         run_id = self._unfinished_mlflow_run(client, experiment) if resumed else None
         if run_id is not None:
             client.update_run(run_id, status="RUNNING")
@@ -295,7 +302,17 @@ class Tracker:
                  os.environ.get("WANDB_PROJECT") or EXPERIMENT, os.environ.get("WANDB_MODE", "online"))
 
     def finish(self, adapter_dir, metrics: dict) -> None:
-        """The adapter is saved: its hash on the runs (eval finds the MLflow run by it), runs closed."""
+        """The adapter is saved: its hash on the runs (eval finds the MLflow run by it), runs closed.
+
+        A failure here is a warning: the adapter exists, and failing the step would make Snakemake delete it.
+        """
+        try:
+            self._finish(adapter_dir, metrics)
+        except Exception as err:  # noqa: BLE001
+            log.warning("tracking could not record the end of the run (%s); the adapter %s is saved",
+                        err, adapter_dir)
+
+    def _finish(self, adapter_dir, metrics: dict) -> None:
         from .files import sha256_tree
 
         adapter_sha = sha256_tree(adapter_dir)
