@@ -100,7 +100,7 @@ def demo_workspace(config: dict, root=DEFAULT_WORKDIR) -> Path:
                  {name: str(data / f"{name}.jsonl") for name in ("train", "val", "test")}
                  | {"stats": str(data / "split_stats.json"), "rejected": str(data / "rejected.jsonl")},
                  ratios={k: split[k] for k in ("train", "val", "test")}, seed=int(split["seed"]),
-                 specialists=shape["focus"], config_path=str(CONFIG_PATH))
+                 specialists=shape["focus"], config_files={"specialists": str(CONFIG_PATH)})
     print()
     build_tiny_base(data / "train.jsonl", base, dict(config["tiny_base"]), config_path=str(CONFIG_PATH))
     return work

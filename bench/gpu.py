@@ -9,8 +9,15 @@ Variants: ``reference`` is plain TRL as the reference scripts use it (batch 1, g
 TRL defaults: bf16, gradient checkpointing on, no packing). Ours use ``snaketune.training``'s SFTConfig
 mapping and trainer class with the reference LoRA (r 16, alpha 32, dropout 0.05, all linear layers) at
 batch 8, toggling gradient checkpointing, packing (padding-free BFD, flash attention; skipped without
-flash_attn) and Liger kernels (skipped without liger_kernel). Every variant loads the base through
+flash_attn) and Liger kernels (``train.kernels: liger``; skipped without liger_kernel, which the lock
+leaves out: ``pip install liger-kernel==0.8.5``). Every variant loads the base through
 ``snaketune.modeling.load_base_model`` (bf16; 4-bit nf4 + double quant for ``qlora*``).
+
+Liger, as snaketune uses it: TRL applies Liger's layer kernels (RMSNorm, RoPE, SwiGLU) when training starts
+and never its fused linear cross-entropy (TRL and our trainer compute the LM head themselves; ours only at
+assistant positions). Each ``*-liger`` variant is compared with its twin without Liger (same quantization,
+checkpointing, packing and batch): tokens/s ratio and peak VRAM (allocated) difference, under ``liger`` in
+the JSON.
 
 MFU = model FLOPs per second / peak, with model FLOPs per trained token
     4·N  +  6·N_lora  +  12·L·d·T_ctx
@@ -23,7 +30,7 @@ checkpointing is not counted (MFU, not HFU). Peak: dense bf16 tensor-core TFLOP/
 SXM / H200: 989; H100 PCIe: 756; A100: 312), or ``--peak-tflops``.
 
     python bench/gpu.py                 # all variants, ~8-15 min on one H100 (first run saves the model)
-    python bench/gpu.py --quick         # two variants, few steps
+    python bench/gpu.py --quick         # reference, lora, lora-liger; few steps
     python bench/gpu.py --plan          # no GPU needed: variants, formula, FLOPs per token
     python bench/gpu.py --cpu-smoke     # no GPU needed: the variants' code on the demo's tiny base, 2 steps
 """
@@ -61,7 +68,7 @@ VARIANTS = {
     "qlora": ("4bit", True, False, False, 8, 1, False),
     "qlora-packing-liger": ("4bit", True, True, True, 8, 1, False),
 }
-QUICK_VARIANTS = ("reference", "lora")
+QUICK_VARIANTS = ("reference", "lora", "lora-liger")
 
 
 # --- FLOPs ----------------------------------------------------------------------------------------
@@ -158,10 +165,12 @@ def run_variant(name: str, model_dir: Path, ws: Path, args) -> dict:
             return {"variant": name,
                     "skipped": "flash_attn is not installed (packing needs varlen flash attention)"}
     if liger:
-        try:
-            import liger_kernel  # noqa: F401
-        except ImportError:
-            return {"variant": name, "skipped": "liger_kernel is not installed"}
+        from snaketune.kernels import LIGER_PIN, liger_available
+
+        if not cuda:
+            return {"variant": name, "skipped": "Liger's kernels are Triton kernels for CUDA"}
+        if not liger_available():
+            return {"variant": name, "skipped": f"liger_kernel is not installed (pip install {LIGER_PIN})"}
 
     attn = "flash_attention_2" if packing else "sdpa"
     model = load_base_model(str(model_dir), dtype="bf16" if cuda else "fp32", quantization=quant,
@@ -186,9 +195,9 @@ def run_variant(name: str, model_dir: Path, ws: Path, args) -> dict:
         examples, _ = tokenize_rows(rows, tokenizer, settings)
         train_dataset = datasets.Dataset.from_list(examples)
         options = {"device": "cuda" if cuda else "cpu", "dtype": "bf16" if cuda else "fp32",
-                   "gradient_checkpointing": gc, "packing": packing, "quantization": quant}
-        kwargs = training_arguments(settings, options, out_dir)
-        kwargs.update(save_strategy="no", logging_steps=5, disable_tqdm=True, use_liger_kernel=liger)
+                   "gradient_checkpointing": gc, "packing": packing, "quantization": quant, "liger": liger}
+        kwargs = training_arguments(settings, options, out_dir)  # liger -> use_liger_kernel, as in training
+        kwargs.update(save_strategy="no", logging_steps=5, disable_tqdm=True)
         sft = SFTConfig(**kwargs)
         trainer_cls = trainer_class()
 
@@ -335,6 +344,11 @@ def main(argv=None) -> int:
         if ref and "tokens_per_s" in r:
             r["tokens_per_s_vs_reference"] = common.ratio(r["tokens_per_s"], ref["tokens_per_s"])
     measured = [r for r in results if "tokens_per_s" in r]
+    liger = liger_pairs(results)
+    if liger:
+        print("\nLiger kernels vs the same variant without them:")
+        print(common.table([[p["variant"], p["without"], p["tokens_per_s_ratio"], p["peak_vram_gib_delta"]]
+                            for p in liger], ["variant", "without Liger", "x tokens/s", "peak VRAM GiB +/-"]))
     print("\n" + common.table([[r["variant"], r.get("tokens_per_s"),
                                 r.get("tokens_per_s_vs_reference"), r.get("mfu"), r.get("peak_vram_gib"),
                                 r.get("skipped") or r.get("failed")] for r in results],
@@ -357,9 +371,31 @@ def main(argv=None) -> int:
         "benchmark": "gpu", "machine": common.machine(), "quick": args.quick, "cpu_smoke": args.cpu_smoke,
         "model_shape": tiny_shape(model_dir) if args.cpu_smoke else QWEN25_7B,
         "flops": {"formula": "4*N + 6*N_lora + 12*L*d*T_ctx per trained token (no recomputation)", **info},
-        "steps": args.steps, "warmup": args.warmup, "variants": results, "goal": goal,
+        "steps": args.steps, "warmup": args.warmup, "variants": results, "goal": goal, "liger": liger,
     })
     return 0
+
+
+def liger_pairs(results) -> list[dict]:
+    """Each measured Liger variant beside its measured twin without Liger (every other setting the same)."""
+    by_name = {r["variant"]: r for r in results if "tokens_per_s" in r}
+    pairs = []
+    for name, (quant, gc, packing, liger, batch, accum, reference) in VARIANTS.items():
+        if not liger or name not in by_name:
+            continue
+        without = (quant, gc, packing, False, batch, accum, reference)
+        twin = next((other for other, spec in VARIANTS.items() if spec == without and other in by_name), None)
+        if twin is None:
+            continue
+        on, off = by_name[name], by_name[twin]
+        vram = (round(on["peak_vram_gib"] - off["peak_vram_gib"], 2)
+                if on.get("peak_vram_gib") is not None and off.get("peak_vram_gib") is not None else None)
+        pairs.append({"variant": name, "without": twin,
+                      "tokens_per_s_ratio": common.ratio(on["tokens_per_s"], off["tokens_per_s"]),
+                      "peak_vram_gib": on.get("peak_vram_gib"),
+                      "peak_vram_gib_without": off.get("peak_vram_gib"),
+                      "peak_vram_gib_delta": vram})
+    return pairs
 
 
 def argparse_hidden():

@@ -22,6 +22,7 @@ from snaketune.config import (  # noqa: E402
 )
 from snaketune.targets import base_gguf_path, final_targets as _final_targets  # noqa: E402
 from snaketune.targets import lora_base_quant, modelfile_quant  # noqa: E402
+from snaketune.tracking import without_tracking  # noqa: E402
 
 CONFIG_SCHEMA = str(Path(workflow.basedir) / "config" / "schemas" / "config.schema.yaml")
 # Config layering: Snakemake deep-merges --configfile into the `configfile:` default, but a user's file that
@@ -131,8 +132,10 @@ def specialist_resources(name):
 
 
 def specialist_spec(wildcards):
-    """The specialist's merged settings, as train and parity get them."""
-    return specialist_settings(wildcards.specialist)
+    """The specialist's merged settings, as train and parity get them; without train.report_to, which
+    observes a run and changes no result (the entry scripts read it from the config: toggling it reruns
+    nothing)."""
+    return without_tracking(specialist_settings(wildcards.specialist))
 
 
 def specialist_system_prompt(wildcards):

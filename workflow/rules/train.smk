@@ -1,5 +1,8 @@
 # Training stage: the embedded tiny base (rule tiny_base) and one LoRA adapter per specialist (rule train).
 # Logic lives in snaketune.modeling and snaketune.training.
+# Side output of rule train, not declared: results/tracking/ (TensorBoard events, the MLflow store, W&B's
+# files) as train.report_to asks; declared, Snakemake would delete the run history before each rerun
+# (snaketune.tracking).
 
 
 rule tiny_base:

@@ -1,6 +1,7 @@
 """Entry script of rule train: wires Snakemake's objects to snaketune.training (via snaketune.launch)."""
 from snaketune.launch import launch_training
 from snaketune.provenance import rule_step
+from snaketune.tracking import tracking_settings
 
 with rule_step(snakemake) as devices:
     # One process: train_adapter right here; gpus > 1 (or train.processes > 1): torchrun, one process each.
@@ -17,4 +18,7 @@ with rule_step(snakemake) as devices:
         threads=snakemake.threads,
         gpus=snakemake.resources.gpu,
         config_path=snakemake.params.config_path,
+        # from the config, not a param: reporting changes no result, so toggling it must rerun nothing
+        tracking=tracking_settings(snakemake.config, snakemake.wildcards.specialist,
+                                   config_path=snakemake.params.config_path),
     )

@@ -4,7 +4,8 @@
 shared chat template (assistant-only labels), trains from the base with PEFT, checkpoints into the
 rule's checkpoint directory (resuming when the inputs and settings are the same), and writes
 the adapter directory atomically: adapter weights and config, tokenizer + template,
-``specialist_config.json``, ``train_metrics.json``, TensorBoard events and ``loss_curve.png``.
+``specialist_config.json``, ``train_metrics.json`` and ``loss_curve.png``. What ``train.report_to`` asks
+for (TensorBoard, MLflow, W&B) is reported live, outside the adapter directory (``snaketune.tracking``).
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from .chat_template import encode_chat, gold_tool_names, specialist_chat, specia
 from .devices import device_options, device_preference, flash_attention_available, resolve_device
 from .errors import SnaketuneError
 from .files import atomic_path, dumps_json, read_jsonl, sha256_file, write_json
+from .kernels import resolve_kernels
 from .ranks import backend, barrier, gathered_state_dict, rank_and_world
+from .tracking import check_tracking, start_tracking, without_tracking
 
 __all__ = [
     "DETERMINISTIC_FILES", "tokenize_rows", "label_mask_tokens", "resolve_options",
@@ -117,7 +120,8 @@ def training_arguments(settings: dict, options: dict, output_dir) -> dict:
         "logging_steps": int(train.get("logging_steps", 10)),
         "logging_first_step": True,
         "eval_strategy": "no",
-        "report_to": "none",
+        "report_to": "none",  # snaketune.tracking adds the reporters' callbacks itself
+        "use_liger_kernel": bool(options.get("liger", False)),
         "use_cpu": options["device"] == "cpu",
         "dataloader_num_workers": 0,
         "assistant_only_loss": False,  # labels are built here from the template's assistant mask
@@ -194,34 +198,6 @@ def resumable_checkpoint(checkpoint_dir, fp: str, *, reset: bool = True) -> Path
 
 
 # --- outputs ------------------------------------------------------------------------------------
-
-def write_tensorboard(log_history, out_dir) -> None:
-    """Scalars from the trainer's log history as one TensorBoard event file.
-
-    Wall times are the step numbers, so the file's bytes depend only on the losses.
-    """
-    from tensorboard.compat.proto.event_pb2 import Event
-    from tensorboard.compat.proto.summary_pb2 import Summary
-    from tensorboard.summary.writer.record_writer import RecordWriter
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / "events.out.tfevents.snaketune", "wb") as fh:
-        writer = RecordWriter(fh)
-        writer.write(Event(wall_time=0.0, step=0, file_version="brain.Event:2").SerializeToString())
-        for entry in log_history:
-            step = int(entry.get("step", 0))
-            values = [Summary.Value(tag=f"{'eval' if k.startswith('eval_') else 'train'}/"
-                                        f"{k.removeprefix('eval_')}", simple_value=float(v))
-                      for k, v in sorted(entry.items())
-                      if k not in ("step", "epoch") and isinstance(v, (int, float))
-                      and not k.endswith("_runtime") and not k.endswith("_per_second")
-                      and k not in ("total_flos", "train_runtime")]
-            if values:
-                event = Event(wall_time=float(step), step=step, summary=Summary(value=values))
-                writer.write(event.SerializeToString())
-        writer.flush()
-
 
 def plot_loss_curve(losses: list[tuple[int, float]], eval_loss, out_path, title: str) -> None:
     import matplotlib
@@ -431,12 +407,13 @@ class TrainingRun:
 
 def train_adapter(base_dir, train_path, val_path, out_dir, settings: dict, checkpoint_dir, *,
                   config_path: str, base_cfg: dict | None = None, threads: int = 1, gpus: int | None = None,
-                  timing_path=None) -> dict:
+                  timing_path=None, tracking: dict | None = None) -> dict:
     """Train one specialist's adapter into ``out_dir`` (atomically); returns train_metrics.
 
     ``base_dir`` is the base's local directory or hub id (``base_cfg`` = config["base_model"] adds
     revision / trust_remote_code); ``settings`` = config.specialist_settings(config, name), from the
     config file ``config_path`` (errors about settings name it). Checkpoints go to ``checkpoint_dir``.
+    ``tracking`` = tracking.tracking_settings(config, name): what to report live, and where (None: nothing).
     """
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     set_threads(threads)
@@ -445,14 +422,23 @@ def train_adapter(base_dir, train_path, val_path, out_dir, settings: dict, check
 
     datasets.disable_caching()
     datasets.disable_progress_bars()
+    settings = without_tracking(settings)  # tracking observes the run: no part of what the adapter is made of
+    check_tracking(tracking, config_path=config_path)  # a reporter that is not installed: before any work
     run = start_run(base_dir, settings, base_cfg, threads, gpus, checkpoint_dir, config_path)
     load_examples(run, train_path, val_path)
     find_checkpoint(run, train_path, val_path)
     trainer, args = build_trainer(run)
-    wall, cpu, eval_loss = fit(trainer, run)
-    metrics = train_metrics(run, trainer, args, wall, cpu, eval_loss)
-    spec_config = specialist_config(run, args, train_path, val_path)
-    save_adapter(run, trainer, metrics, spec_config, out_dir, timing_path)
+    tracker = start_tracking(tracking, run, trainer)
+    try:
+        wall, cpu, eval_loss = fit(trainer, run)
+        metrics = train_metrics(run, trainer, args, wall, cpu, eval_loss)
+        spec_config = specialist_config(run, args, train_path, val_path)
+        save_adapter(run, trainer, metrics, spec_config, out_dir, timing_path)
+    except BaseException:
+        tracker.fail()
+        raise
+    if tracker.report_to:
+        tracker.finish(out_dir, metrics)
     del trainer
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -468,6 +454,7 @@ def start_run(base_dir, settings: dict, base_cfg: dict | None, threads: int, gpu
     gpus = settings.get("resources", {}).get("gpus", 0) if gpus is None else gpus
     device = resolve_device(gpus, device_preference(settings), config_path=config_path)
     options = resolve_options(settings["train"], device, config_path=config_path)
+    options["liger"] = resolve_kernels(settings["train"], options["device"], config_path=config_path)
     rank, world_size = rank_and_world()  # torchrun children (snaketune.launch): rank 0 alone writes
     if world_size > 1:
         options["world_size"] = world_size  # in the fingerprint: n processes train differently from one
@@ -660,7 +647,6 @@ def save_adapter(run: TrainingRun, trainer, metrics: dict, spec_config: dict, ou
     state_dict = gathered_state_dict(trainer)  # ZeRO-3 only; every rank takes part
     if run.rank != 0:  # rank 0 writes the adapter; the other ranks are done
         return
-    history = [dict(entry) for entry in trainer.state.log_history]
     losses = [(e["step"], e["loss"]) for e in metrics["loss"]]
     with atomic_path(out_dir, directory=True) as tmp:
         # The base's vocabulary is never resized here, so the base embedding is not part of the adapter.
@@ -670,7 +656,6 @@ def save_adapter(run: TrainingRun, trainer, metrics: dict, spec_config: dict, ou
         (tmp / "README.md").unlink(missing_ok=True)  # PEFT's model card template; specialist_config says more
         (tmp / "specialist_config.json").write_text(dumps_json(spec_config), encoding="utf-8")
         (tmp / "train_metrics.json").write_text(dumps_json(saved_metrics), encoding="utf-8")
-        write_tensorboard(history, tmp / "runs")
         plot_loss_curve(losses, metrics["eval_loss"], tmp / "loss_curve.png",
                         f"{run.name}: LoRA training loss")
         readable_tree(tmp)
