@@ -99,6 +99,25 @@ def tiny_config(specialists=None, *, train=None, resources=None, eval_cfg=None, 
     return config
 
 
+# A one-layer base for unit tests of eval and benchmarks (seconds to build; it scores 0, fine there).
+SMALL_BASE_SHAPE = {"architecture": "qwen2", "vocab_size": 512, "hidden_size": 32, "intermediate_size": 64,
+                    "num_layers": 1, "num_heads": 2, "num_kv_heads": 1, "seed": 1}
+
+
+def small_base(root: Path, rows: int = 40, **shape) -> dict:
+    """Build a one-layer tiny base on ``rows`` demo rows under ``root``; returns its base_model config."""
+    from snaketune.data import normalise_row
+    from snaketune.demo import generate_demo_rows
+    from snaketune.files import write_jsonl
+    from snaketune.modeling import build_tiny_base
+
+    root = Path(root)
+    write_jsonl(root / "train.jsonl", [normalise_row(r) for r in generate_demo_rows(rows, seed=3)])
+    build_tiny_base(root / "train.jsonl", root / "base", {**SMALL_BASE_SHAPE, **shape},
+                    config_path="config/config.yaml")
+    return {"name_or_path": str(root / "base")}
+
+
 def copy_workdir(src: Path, dest: Path) -> Path:
     """A copy of a run's directory (results, logs, .snakemake metadata; code still linked to the checkout)."""
     shutil.copytree(src, dest, symlinks=True)

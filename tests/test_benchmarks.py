@@ -222,28 +222,9 @@ def test_prepare_benchmark_records_n_and_sampling(tmp_path, bfcl_wheel):
 
 @pytest.fixture(scope="module")
 def tiny_base(tmp_path_factory):
-    from snaketune.data import normalise_row
-    from snaketune.demo import generate_demo_rows
-    from snaketune.modeling import build_tiny_base
+    from pipeline import small_base
 
-    tmp = tmp_path_factory.mktemp("tiny")
-    write_jsonl(tmp / "train.jsonl", [normalise_row(r) for r in generate_demo_rows(40, seed=3)])
-    build_tiny_base(
-        tmp / "train.jsonl",
-        tmp / "base",
-        {
-            "architecture": "qwen2",
-            "vocab_size": 512,
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_layers": 1,
-            "num_heads": 2,
-            "num_kv_heads": 1,
-            "seed": 1,
-        },
-        config_path="config/config.yaml",
-    )
-    return {"name_or_path": str(tmp / "base")}
+    return small_base(tmp_path_factory.mktemp("tiny"))
 
 
 def test_evaluate_and_summarise_benchmarks(tmp_path, bfcl_wheel, tiny_base):

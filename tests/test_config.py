@@ -316,31 +316,13 @@ def test_the_eval_rules_params_carry_the_mode(default, tmp_path):
 
 
 def test_the_eval_json_records_the_mode(tmp_path):
-    from snaketune.data import normalise_row
-    from snaketune.demo import generate_demo_rows
     from snaketune.evaluation import evaluate
-    from snaketune.files import write_jsonl
-    from snaketune.modeling import build_tiny_base
+    from snaketune.files import read_jsonl, write_jsonl
 
-    rows = [normalise_row(r) for r in generate_demo_rows(40, seed=3)]
-    write_jsonl(tmp_path / "train.jsonl", rows)
-    write_jsonl(tmp_path / "test.jsonl", rows[:2])
-    build_tiny_base(
-        tmp_path / "train.jsonl",
-        tmp_path / "base",
-        {
-            "architecture": "qwen2",
-            "vocab_size": 300,
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_layers": 1,
-            "num_heads": 2,
-            "num_kv_heads": 1,
-            "max_position_embeddings": 1024,
-            "seed": 1,
-        },
-        config_path="config/config.yaml",
-    )
+    from pipeline import small_base
+
+    base_cfg = small_base(tmp_path)
+    write_jsonl(tmp_path / "test.jsonl", read_jsonl(tmp_path / "train.jsonl")[:2])
     settings = {
         "name": "runner",
         "system_prompt": "Run.",
@@ -349,7 +331,7 @@ def test_the_eval_json_records_the_mode(tmp_path):
         "train": {"tools_rendered": "all"},
     }
     result = evaluate(
-        base_cfg={"name_or_path": str(tmp_path / "base")},
+        base_cfg=base_cfg,
         test_path=tmp_path / "test.jsonl",
         settings=settings,
         eval_cfg={"batch_size": 2, "max_new_tokens": 4, "targets": {}},

@@ -299,26 +299,9 @@ def test_ast_accuracy_target_needs_bfcl_scoring():
 
 @pytest.fixture(scope="module")
 def tiny_base_cfg(tmp_path_factory):
-    from snaketune.modeling import build_tiny_base
+    from pipeline import small_base
 
-    tmp = tmp_path_factory.mktemp("tinybase")
-    write_jsonl(tmp / "train.jsonl", [normalise_row(r) for r in generate_demo_rows(40, seed=3)])
-    build_tiny_base(
-        tmp / "train.jsonl",
-        tmp / "base",
-        {
-            "architecture": "qwen2",
-            "vocab_size": 512,
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_layers": 1,
-            "num_heads": 2,
-            "num_kv_heads": 1,
-            "seed": 1,
-        },
-        config_path="config/config.yaml",
-    )
-    return {"name_or_path": str(tmp / "base")}
+    return small_base(tmp_path_factory.mktemp("tinybase"))
 
 
 @pytest.mark.parametrize("scoring", ["strict", "bfcl"])
