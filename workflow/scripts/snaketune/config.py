@@ -322,6 +322,9 @@ def check_inputs(config: dict, config_path) -> None:
     name = config["base_model"]["name_or_path"]
     if name.rstrip("/") == TINY_BASE_DIR:
         return
+    if config["base_model"].get("gguf_file"):
+        _check_gguf_base(config, config_path)
+        return
     from .modeling import check_local_dir, looks_local
 
     if not looks_local(name):
@@ -339,3 +342,28 @@ def check_inputs(config: dict, config_path) -> None:
                                  field="base_model.name_or_path",
                                  fix=f"use a {', '.join(SUPPORTED_FAMILIES)} model "
                                      "or set export.enabled: false")
+
+
+def _check_gguf_base(config: dict, config_path) -> None:
+    """A GGUF base (resolved by snaketune.gguf_base.resolve_base_model): its file is there unless the
+    pipeline fetches it, and its architecture is one GGUF export writes while export is on."""
+    from .gguf_base import PYPI_ROOT, gguf_base_architecture
+
+    base = config["base_model"]
+    gguf_file = str(base["gguf_file"])
+    if not base.get("pypi_gguf") and not Path(gguf_file).is_file():
+        raise SnaketuneError(_where(config_path, "base_model.gguf_file"),
+                             f"GGUF file {gguf_file!r} does not exist", field="base_model.gguf_file",
+                             fix="use base_model.pypi_gguf" if gguf_file.startswith(PYPI_ROOT)
+                             else "fix the path (relative to the working directory)")
+    if not config.get("export", {}).get("enabled", True):
+        return
+    from .gguf_export import ARCHITECTURES
+
+    arch = gguf_base_architecture(base)
+    if arch is not None and arch not in set(ARCHITECTURES.values()):
+        key = "base_model.pypi_gguf" if base.get("pypi_gguf") else "base_model.gguf_file"
+        raise SnaketuneError(_where(config_path, key),
+                             f"base model architecture {arch!r} (GGUF) cannot be exported to GGUF",
+                             field=key,
+                             fix="use a llama, mistral or qwen2 base, or set export.enabled: false")
