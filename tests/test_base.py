@@ -28,6 +28,7 @@ from snaketune.chat_format import (
     turns_template,
 )
 from snaketune.chat_template import build_messages, split_prompt
+from snaketune.config import resolve_base_model
 from snaketune.demo import generate_demo_rows
 from snaketune.errors import SnaketuneError
 from snaketune.files import write_jsonl
@@ -217,17 +218,17 @@ def test_a_wheel_with_other_bytes_is_refused(fake_base, tmp_path):
 
 
 def test_gguf_base_config_resolves_to_the_converted_directory(tmp_path):
-    resolved = gguf_base.resolve_base_model({"name_or_path": "results/base/tiny", "pypi_gguf": "gemma3-270m"})
+    resolved = resolve_base_model({"name_or_path": "results/base/tiny", "pypi_gguf": "gemma3-270m"})
     assert resolved["name_or_path"] == "results/base/gguf/gemma-3-270m-q4_k_m"
     assert resolved["gguf_file"] == "results/base/pypi/gemma-3-270m-q4_k_m.gguf"
     assert resolved["chat_template"] == "gemma"  # the registry's, where the config sets none
-    own = gguf_base.resolve_base_model({"name_or_path": "results/base/tiny",
+    own = resolve_base_model({"name_or_path": "results/base/tiny",
                                         "gguf_file": "models/x.Q8_0.gguf", "chat_template": "chatml"})
     assert own["name_or_path"] == "results/base/gguf/x.Q8_0" and own["chat_template"] == "chatml"
     with pytest.raises(SnaketuneError, match="my.yaml: base_model.name_or_path: name_or_path .* and a GGUF"):
-        gguf_base.resolve_base_model({"name_or_path": "Qwen/Qwen2.5-0.5B", "gguf_file": "x.gguf"}, "my.yaml")
+        resolve_base_model({"name_or_path": "Qwen/Qwen2.5-0.5B", "gguf_file": "x.gguf"}, "my.yaml")
     with pytest.raises(SnaketuneError, match="gguf_file and pypi_gguf both"):
-        gguf_base.resolve_base_model({"gguf_file": "x.gguf", "pypi_gguf": "gemma3-270m"})
+        resolve_base_model({"gguf_file": "x.gguf", "pypi_gguf": "gemma3-270m"})
 
 
 @pytest.mark.e2e
@@ -259,13 +260,13 @@ def test_gemma3_gguf_base_is_refused_only_while_export_is_on(tmp_path):
 
     gemma = _llama_gguf(tmp_path / "g.gguf", arch="gemma3")
     config = {"data": {"sources": []}, "export": {"enabled": True},
-              "base_model": gguf_base.resolve_base_model({"gguf_file": str(gemma)})}
+              "base_model": resolve_base_model({"gguf_file": str(gemma)})}
     with pytest.raises(SnaketuneError, match="base_model.gguf_file: base model architecture 'gemma3' .GGUF. "
                                              "cannot be exported to GGUF.*export.enabled: false"):
         check_inputs(config, "my.yaml")
     config["export"]["enabled"] = False
     check_inputs(config, "my.yaml")
-    config["base_model"] = gguf_base.resolve_base_model({"gguf_file": str(tmp_path / "missing.gguf")})
+    config["base_model"] = resolve_base_model({"gguf_file": str(tmp_path / "missing.gguf")})
     with pytest.raises(SnaketuneError, match="GGUF file .*missing.gguf' does not exist"):
         check_inputs(config, "my.yaml")
 

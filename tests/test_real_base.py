@@ -183,8 +183,7 @@ def test_gemma3_trains_and_evaluates_in_gemma_turns(gemma):
 
 
 def test_gemma3_export_is_a_clear_error(gemma, tmp_path):
-    from snaketune.config import check_inputs
-    from snaketune.gguf_base import resolve_base_model
+    from snaketune.config import check_inputs, resolve_base_model
     from snaketune.gguf_export import write_model_gguf
 
     with pytest.raises(SnaketuneError, match=r"architecture 'gemma3_text' .* cannot be exported to GGUF.*"

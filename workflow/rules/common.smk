@@ -19,14 +19,10 @@ from snaketune.config import (  # noqa: E402
     fill_stage_defaults,
     layered_config,
     load_schema,
+    resolve_base_model,
     specialist_settings as _specialist_settings,
 )
-from snaketune.gguf_base import (  # noqa: E402
-    GGUF_BASE_ROOT,
-    PYPI_BASES,
-    conversion_mem_mb,
-    resolve_base_model,
-)
+from snaketune.gguf_base import GGUF_BASE_ROOT, PYPI_BASES, conversion_mem_mb  # noqa: E402
 from snaketune.targets import base_gguf_path, final_targets as _final_targets  # noqa: E402
 from snaketune.targets import lora_base_quant, modelfile_quant  # noqa: E402
 

@@ -37,9 +37,9 @@ from pathlib import Path
 from .errors import SnaketuneError
 
 __all__ = [
-    "ChatFormat", "Turns", "CHATML", "GEMMA", "FAMILIES", "FORMAT_FILE", "project_format", "turns_template",
-    "resolve_chat_format", "attach_format", "format_of", "save_tokenizer", "load_format", "renders_tools",
-    "derive_turns",
+    "ChatFormat", "Turns", "CHATML", "GEMMA", "FAMILIES", "FORMAT_FILE", "TOOLS_HEAD", "TOOLS_TAIL",
+    "project_format", "turns_template", "turns_format", "resolve_chat_format", "attach_format", "format_of",
+    "save_tokenizer", "load_format", "renders_tools", "derive_turns", "token_id",
 ]
 
 FORMAT_FILE = "chat_format.json"

@@ -19,6 +19,7 @@ __all__ = [
     "specialist_settings", "eval_settings", "check_inputs", "eval_params", "benchmark_eval_params",
     "benchmark_settings", "BENCHMARK_ONLY_EVAL_KEYS", "LayeredConfig", "layered_config", "load_config_file",
     "origin_of", "display_path", "check_sources", "schema_errors", "unknown_keys", "REPLACED_KEYS",
+    "resolve_base_model",
 ]
 
 SPECIALIST_NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
@@ -367,3 +368,35 @@ def _check_gguf_base(config: dict, config_path) -> None:
                              f"base model architecture {arch!r} (GGUF) cannot be exported to GGUF",
                              field=key,
                              fix="use a llama, mistral or qwen2 base, or set export.enabled: false")
+
+
+def resolve_base_model(base_cfg: dict, config_path=None) -> dict:
+    """``base_model`` as every rule takes it: for a GGUF base (``gguf_file``, or ``pypi_gguf`` whose GGUF the
+    pipeline fetches to results/base/pypi/), ``name_or_path`` is the directory rule gguf_base converts it
+    into and ``gguf_file`` the file; a known PyPI base brings its chat format where the config sets none.
+    Other bases pass unchanged."""
+    from .gguf_base import PYPI_BASES, gguf_base_dir, pypi_gguf_path
+
+    base = dict(base_cfg)
+    gguf_file, pypi = base.get("gguf_file"), base.get("pypi_gguf")
+    if not gguf_file and not pypi:
+        return base
+    if gguf_file and pypi:
+        raise SnaketuneError(config_path, "gguf_file and pypi_gguf both name a base", field="base_model",
+                             fix="keep one of them")
+    name = str(base.get("name_or_path") or TINY_BASE_DIR).rstrip("/")
+    if name != TINY_BASE_DIR:
+        raise SnaketuneError(config_path, f"name_or_path ({name!r}) and a GGUF base both name a base",
+                             field="base_model.name_or_path",
+                             fix="remove name_or_path (the GGUF is the base)")
+    if pypi:
+        if pypi not in PYPI_BASES:
+            raise SnaketuneError(config_path, f"unknown PyPI base {pypi!r}", field="base_model.pypi_gguf",
+                                 fix=f"use one of {', '.join(PYPI_BASES)}, or base_model.gguf_file")
+        gguf_file = pypi_gguf_path(pypi)
+        if not base.get("chat_template") and PYPI_BASES[pypi]["chat_template"]:
+            base["chat_template"] = PYPI_BASES[pypi]["chat_template"]
+    base["gguf_file"] = str(gguf_file)
+    base["name_or_path"] = gguf_base_dir(gguf_file)
+    base["revision"] = None
+    return base

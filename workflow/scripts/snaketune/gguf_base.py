@@ -32,8 +32,8 @@ from .files import atomic_path, sha256_file
 __all__ = [
     "PYPI_BASES", "GGUF_BASE_ROOT", "PYPI_ROOT", "GGML_TYPES", "DEQUANTIZABLE", "read_header", "gguf_summary",
     "gguf_architecture", "check_gguf", "transformers_architectures", "convert_gguf_base", "pypi_gguf_path",
-    "gguf_base_dir", "fetch_wheels", "extract_pypi_gguf", "fetch_pypi_gguf", "resolve_base_model",
-    "gguf_base_architecture", "conversion_mem_mb",
+    "gguf_base_dir", "fetch_wheels", "extract_pypi_gguf", "fetch_pypi_gguf", "gguf_base_architecture",
+    "conversion_mem_mb",
 ]
 
 log = logging.getLogger("snaketune.gguf_base")
@@ -450,38 +450,6 @@ def fetch_pypi_gguf(name: str, out_path, wheel_dir=None, *, config_path: str | N
 
 
 # --- the base as the rules see it -------------------------------------------------------------------
-
-def resolve_base_model(base_cfg: dict, config_path=None) -> dict:
-    """``base_model`` as every rule takes it: for a GGUF base (``gguf_file``, or ``pypi_gguf`` whose GGUF the
-    pipeline fetches to results/base/pypi/), ``name_or_path`` is the directory rule gguf_base converts it
-    into and ``gguf_file`` the file; a known PyPI base brings its chat format where the config sets none.
-    Other bases pass unchanged."""
-    from .config import TINY_BASE_DIR
-
-    base = dict(base_cfg)
-    gguf_file, pypi = base.get("gguf_file"), base.get("pypi_gguf")
-    if not gguf_file and not pypi:
-        return base
-    if gguf_file and pypi:
-        raise SnaketuneError(config_path, "gguf_file and pypi_gguf both name a base", field="base_model",
-                             fix="keep one of them")
-    name = str(base.get("name_or_path") or TINY_BASE_DIR).rstrip("/")
-    if name != TINY_BASE_DIR:
-        raise SnaketuneError(config_path, f"name_or_path ({name!r}) and a GGUF base both name a base",
-                             field="base_model.name_or_path",
-                             fix="remove name_or_path (the GGUF is the base)")
-    if pypi:
-        if pypi not in PYPI_BASES:
-            raise SnaketuneError(config_path, f"unknown PyPI base {pypi!r}", field="base_model.pypi_gguf",
-                                 fix=f"use one of {', '.join(PYPI_BASES)}, or base_model.gguf_file")
-        gguf_file = pypi_gguf_path(pypi)
-        if not base.get("chat_template") and PYPI_BASES[pypi]["chat_template"]:
-            base["chat_template"] = PYPI_BASES[pypi]["chat_template"]
-    base["gguf_file"] = str(gguf_file)
-    base["name_or_path"] = gguf_base_dir(gguf_file)
-    base["revision"] = None
-    return base
-
 
 def gguf_base_architecture(base_cfg: dict) -> str | None:
     """The GGUF architecture of a resolved GGUF base: the registry's for a PyPI base, else the file's

@@ -21,8 +21,9 @@ from .errors import SnaketuneError
 from .files import atomic_path
 
 __all__ = [
-    "SUPPORTED_FAMILIES", "QUANTS", "LORA_ALPHA_KEY", "QWEN2_REGEX", "LLAMA3_REGEX", "local_model_dir",
-    "model_spec", "encode", "tokenizer_metadata", "write_model_gguf", "write_lora_gguf"
+    "ARCHITECTURES", "SUPPORTED_FAMILIES", "QUANTS", "LORA_ALPHA_KEY", "QWEN2_REGEX", "LLAMA3_REGEX",
+    "local_model_dir", "model_spec", "encode", "widen", "checkpoint_tensor", "tokenizer_metadata",
+    "write_model_gguf", "write_lora_gguf"
 ]
 
 log = logging.getLogger("snaketune.gguf")
