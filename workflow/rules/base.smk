@@ -35,7 +35,7 @@ rule gguf_base:
     input:
         gguf=gguf_base_source,
     output:
-        directory(GGUF_BASE_ROOT + "/{stem}"),
+        directory("results/base/gguf/{stem}"),
     params:
         config_path=CONFIG_PATH,
         provenance=PROVENANCE,

@@ -22,7 +22,7 @@ from snaketune.config import (  # noqa: E402
     resolve_base_model,
     specialist_settings as _specialist_settings,
 )
-from snaketune.gguf_base import GGUF_BASE_ROOT, PYPI_BASES, conversion_mem_mb  # noqa: E402
+from snaketune.gguf_base import PYPI_BASES, conversion_mem_mb  # noqa: E402
 from snaketune.targets import base_gguf_path, final_targets as _final_targets  # noqa: E402
 from snaketune.targets import lora_base_quant, modelfile_quant  # noqa: E402
 

@@ -473,6 +473,12 @@ def tokenizer_metadata(model_dir, vocab_size: int, chat_format=None) -> dict:
         types[item["id"]] = int(gguf.TokenType.CONTROL if special else gguf.TokenType.USER_DEFINED)
 
     hf = AutoTokenizer.from_pretrained(str(model_dir))
+    if chat_format is None and (model_dir / FORMAT_FILE).is_file():
+        chat_format = load_format(model_dir)
+    if chat_format is not None:  # a pad that is no stop token, as training had (modeling.set_pad_token)
+        from .modeling import set_pad_token
+
+        set_pad_token(hf, chat_format.stop_ids(hf))
     probe = "snaketune probe"
     plain = hf(probe, add_special_tokens=False)["input_ids"]
     full = hf(probe, add_special_tokens=True)["input_ids"]
@@ -485,8 +491,6 @@ def tokenizer_metadata(model_dir, vocab_size: int, chat_format=None) -> dict:
     special_ids = {kind: getattr(hf, f"{kind}_token_id", None) for kind in ("bos", "eos", "pad", "unk")}
     if add_bos:
         special_ids["bos"] = full[0]
-    if chat_format is None and (model_dir / FORMAT_FILE).is_file():
-        chat_format = load_format(model_dir)
     template = hf.chat_template if isinstance(hf.chat_template, str) else None
     if chat_format is not None:
         template = chat_format.template
