@@ -356,3 +356,21 @@ def test_chat_format_travels_with_the_tokenizer(tiny_tokenizer, tmp_path):
     assert again.chat_template == gemma_like.template
     assert load_format(tmp_path, again) == gemma_like and format_of(again).turns == GEMMA
     assert load_format(tmp_path / "nothing") == project_format()  # a directory from before formats
+
+
+def test_a_template_that_breaks_the_prefix_property_is_a_clear_error(tiny_tokenizer, rows):
+    """A generation prompt the training text does not start the answer with: no silent mask, an error."""
+    from transformers import AutoTokenizer
+
+    from snaketune.chat_format import attach_format
+    from snaketune.training import tokenize_rows
+
+    template = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content or '' }}<|im_end|>\n"
+                "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant:\n{% endif %}")
+    tok = attach_format(AutoTokenizer.from_pretrained(tiny_tokenizer.name_or_path),
+                        ChatFormat("turns", template, "<|im_end|>", source="config"))
+    settings = {"name": "x", "system_prompt": "", "train": {"max_seq_len": 4096, "tools_rendered": "all"}}
+    with pytest.raises(SnaketuneError, match=r"train.jsonl: base_model.chat_template: row row-000: the "
+                                             r"turns template renders the prompt before assistant turn 1 "
+                                             "differently"):
+        tokenize_rows(rows[:1], tok, settings, "train.jsonl")

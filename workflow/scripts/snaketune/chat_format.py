@@ -37,9 +37,9 @@ from pathlib import Path
 from .errors import SnaketuneError
 
 __all__ = [
-    "ChatFormat", "Turns", "CHATML", "GEMMA", "FAMILIES", "FORMAT_FILE", "TOOLS_HEAD", "TOOLS_TAIL",
-    "project_format", "turns_template", "turns_format", "resolve_chat_format", "attach_format", "format_of",
-    "save_tokenizer", "load_format", "renders_tools", "derive_turns", "token_id",
+    "ChatFormat", "FormatError", "Turns", "CHATML", "GEMMA", "FAMILIES", "FORMAT_FILE", "TOOLS_HEAD",
+    "TOOLS_TAIL", "project_format", "turns_template", "turns_format", "resolve_chat_format", "attach_format",
+    "format_of", "save_tokenizer", "load_format", "renders_tools", "derive_turns", "token_id",
 ]
 
 FORMAT_FILE = "chat_format.json"
@@ -55,6 +55,10 @@ TOOLS_HEAD = ("# Tools\n\nYou may call one or more functions to assist with the 
 TOOLS_TAIL = ("\n</tools>\n\nFor each function call, return a json object with function name and arguments "
               "within <tool_call></tool_call> XML tags:\n<tool_call>\n"
               "{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</tool_call>")
+
+
+class FormatError(ValueError):
+    """A conversation the format cannot mask exactly (the caller names the row and the config key)."""
 
 
 @dataclass(frozen=True)
@@ -143,7 +147,7 @@ class ChatFormat:
     def assistant_spans(self, tokenizer, messages, tools=None) -> tuple[str, list[tuple[int, int]]]:
         """(full text, character spans of what each assistant turn writes, its end-of-turn token included).
 
-        Raises ValueError where the template breaks the prefix property (the prompt before an assistant
+        Raises FormatError where the template breaks the prefix property (the prompt before an assistant
         turn is not where its text starts) or does not end the turn with ``end_of_turn``.
         """
         full = self.render(tokenizer, messages, tools)
@@ -154,11 +158,11 @@ class ChatFormat:
             prompt = self.render(tokenizer, messages[:i], tools, add_generation_prompt=True)
             upto = self.render(tokenizer, messages[:i + 1], tools)
             if not full.startswith(prompt) or not upto.startswith(prompt) or not full.startswith(upto):
-                raise ValueError(f"the prompt before assistant turn {i} is not a prefix of the rendered "
-                                 "conversation")
+                raise FormatError(f"the {self.name} template renders the prompt before assistant turn {i} "
+                                  "differently from the whole conversation (no prefix)")
             end = upto.rfind(self.end_of_turn, len(prompt))
             if end < 0:
-                raise ValueError(f"assistant turn {i} does not end with {self.end_of_turn!r}")
+                raise FormatError(f"assistant turn {i} does not end with {self.end_of_turn!r}")
             spans.append((len(prompt), end + len(self.end_of_turn)))
         return full, spans
 
@@ -179,8 +183,8 @@ class ChatFormat:
         for start, _ in spans:
             prefix = tokenizer(text[:start], add_special_tokens=False)["input_ids"]
             if ids[:len(prefix)] != list(prefix):
-                raise ValueError("the prompt's tokens are not a prefix of the conversation's tokens (a token "
-                                 "crosses the start of an assistant turn)")
+                raise FormatError("the prompt's tokens are not a prefix of the conversation's tokens (a "
+                                  "token crosses the start of an assistant turn)")
         mask = [int(any(a <= begin < b for a, b in spans)) for begin, _ in enc["offset_mapping"]]
         return {"input_ids": ids, "assistant_masks": mask}
 

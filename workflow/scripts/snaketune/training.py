@@ -49,11 +49,19 @@ def tokenize_rows(rows, tokenizer, settings: dict, source=None) -> tuple[list[di
     A row whose template gives no assistant token is an error (it would train on nothing); a row longer
     than ``max_seq_len`` is skipped (truncating it would teach the model to stop mid-call).
     """
+    from .chat_format import FormatError
+
     max_len = int(settings["train"]["max_seq_len"])
     examples, skipped = [], []
     for index, row in enumerate(rows):
         messages, tools = specialist_chat(row, settings)
-        enc = encode_chat(tokenizer, messages, tools)
+        try:
+            enc = encode_chat(tokenizer, messages, tools)
+        except FormatError as err:  # the base's template, not the row, is at fault
+            raise SnaketuneError(source, f"row {row.get('id', index)}: {err}",
+                                 field="base_model.chat_template",
+                                 fix="set base_model.chat_template to a family (chatml, gemma) or a .jinja "
+                                     "file") from err
         ids, mask = enc["input_ids"], enc["assistant_masks"]
         if not any(mask):
             raise SnaketuneError(source, f"row {row.get('id', index)} has an empty loss mask: the chat "
