@@ -374,3 +374,19 @@ def test_a_template_that_breaks_the_prefix_property_is_a_clear_error(tiny_tokeni
                                              r"turns template renders the prompt before assistant turn 1 "
                                              "differently"):
         tokenize_rows(rows[:1], tok, settings, "train.jsonl")
+
+
+def test_the_smollm2_example_plans_its_one_specialist_on_the_fetched_base(tmp_path):
+    """config/examples/smollm2.yaml over the default config: exactly its specialist, on the PyPI base."""
+    import shutil
+
+    import yaml
+
+    from pipeline import REPO, planned_jobs
+
+    wd = make_workdir(tmp_path / "wd", yaml.safe_load((REPO / "config" / "config.yaml").read_text()))
+    shutil.copy(REPO / "config" / "examples" / "smollm2.yaml", wd / "smollm2.yaml")
+    jobs = planned_jobs(wd, "--configfile", "smollm2.yaml")
+    assert jobs["train"] == 1 and jobs["evaluate_tuned"] == 1 and jobs["benchmark_tuned"] == 1
+    assert jobs["pypi_gguf"] == 1 and jobs["gguf_base"] == 1 and "tiny_base" not in jobs
+    assert jobs["gguf"] == 2 and jobs["gguf_parity"] == 1 and jobs["modelfile"] == 1
