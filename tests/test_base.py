@@ -217,6 +217,16 @@ def test_a_wheel_with_other_bytes_is_refused(fake_base, tmp_path):
         fetch_wheels("fake", tmp_path / "w", fake_base["wheels"])
 
 
+def test_the_schema_lists_every_known_pypi_base():
+    from snaketune.config import load_schema
+
+    from pipeline import REPO
+
+    schema = load_schema(REPO / "config" / "schemas" / "config.schema.yaml")
+    listed = schema["properties"]["base_model"]["properties"]["pypi_gguf"]["enum"]
+    assert set(listed) - {None} == set(gguf_base.PYPI_BASES)
+
+
 def test_gguf_base_config_resolves_to_the_converted_directory(tmp_path):
     resolved = resolve_base_model({"name_or_path": "results/base/tiny", "pypi_gguf": "gemma3-270m"})
     assert resolved["name_or_path"] == "results/base/gguf/gemma-3-270m-q4_k_m"
