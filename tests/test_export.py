@@ -174,7 +174,9 @@ def test_qwen2_export_rules_end_to_end(fixtures, tmp_path):
     assert all(r["tokenizer_match"] and r["chat_template_match"] for r in results.values())
     assert results["f32"]["worst"]["last_max_abs_diff"] <= 1e-4
     assert results["lora"]["worst"]["last_max_abs_diff"] <= 1e-4
-    assert results["f16"]["worst"]["last_max_abs_diff"] <= 3e-2
+    assert max(results[key]["worst"]["last_rel_diff"] for key in ("f32", "lora")) <= 1e-4
+    assert results["f16"]["worst"]["last_rel_diff"] <= 5e-2
+    assert results["f16"]["worst"]["last_cosine_min"] > 0.9999
     assert results["q8_0"]["worst"]["last_cosine_min"] >= 0.99
     assert all(g["same_text"] for g in results["f32"]["greedy"])
 
@@ -238,6 +240,40 @@ def test_llama_gguf_metadata_and_parity(llama_export, fixtures, tmp_path):
     assert report["passed"] and json.loads(out.read_text())["passed"]
     assert report["results"]["f32"]["worst"]["last_max_abs_diff"] <= 1e-4
     assert report["results"]["lora"]["worst"]["last_max_abs_diff"] <= 1e-4
+    worst = report["results"]["f16"]["worst"]
+    assert worst["last_rel_diff"] <= 5e-2 and worst["last_cosine_min"] >= 0.9999
+    # the scale the relative limits use: the std of the tiny random model's logits
+    assert 0 < report["results"]["f32"]["prompts"][0]["logit_scale"] < 5
+
+
+def test_parity_fails_when_one_tensor_is_perturbed(llama_export, fixtures, tmp_path, monkeypatch):
+    """Noise of a tenth of its spread on one weight (blk.0.attn_v): the f16 limits, relative to the logits'
+    scale, still catch it."""
+    real = gguf_export.checkpoint_tensor
+
+    def perturbed(name, weights, hf_name, qtype, spec):
+        planned = real(name, weights, hf_name, qtype, spec)
+        if hf_name != "model.layers.0.self_attn.v_proj.weight":
+            return planned
+        blocks = planned.blocks
+        rng = np.random.default_rng(0)
+
+        def noisy():
+            for block in blocks():
+                data = gguf_export.widen(block)
+                yield data + rng.standard_normal(data.shape).astype(np.float32) * 0.1 * data.std()
+
+        planned.blocks = noisy
+        return planned
+
+    monkeypatch.setattr(gguf_export, "checkpoint_tensor", perturbed)
+    broken = tmp_path / "perturbed.f16.gguf"
+    write_model_gguf(llama_export["merged"], broken, "f16", name=SPECIALIST)
+    out = tmp_path / "parity.json"
+    with pytest.raises(SnaketuneError, match="parity failed.*f16: logits on prompt .* of the logits' std"):
+        check_parity(llama_export["merged"], {"f16": broken}, fixtures["test"], out, SETTINGS, n_prompts=2,
+                     threads=1, new_tokens=4)
+    assert not out.exists()
 
 
 def test_parity_fails_without_the_llama_permutation(llama_export, fixtures, tmp_path, monkeypatch):
@@ -249,6 +285,12 @@ def test_parity_fails_without_the_llama_permutation(llama_export, fixtures, tmp_
         check_parity(llama_export["merged"], {"f32": broken}, fixtures["test"], out, SETTINGS, n_prompts=1,
                      threads=1, new_tokens=4)
     assert not out.exists()
+    # at f16's limits too: the permutation error is orders of magnitude above them
+    broken16 = tmp_path / "broken.f16.gguf"
+    write_model_gguf(llama_export["merged"], broken16, "f16", name=SPECIALIST)
+    with pytest.raises(SnaketuneError, match="parity failed.*f16: logits"):
+        check_parity(llama_export["merged"], {"f16": broken16}, fixtures["test"], out, SETTINGS, n_prompts=1,
+                     threads=1, new_tokens=4)
 
 
 # --- writer details -------------------------------------------------------------------------------
@@ -463,15 +505,23 @@ func main() {
 """
 
 
-def test_ollama_template_renders_like_the_chat_template(tmp_path):
-    """The Modelfile's Go template, run by Go's text/template, gives the Jinja template's text."""
+@pytest.mark.parametrize("form", ["chatml", "chatml-turns", "gemma"])
+def test_ollama_template_renders_like_the_chat_template(form, tmp_path):
+    """The Modelfile's Go template, run by Go's text/template, gives the Jinja template's text: the project
+    template's twin, and the generated twin of a turn-based format with (ChatML) and without (Gemma: the
+    system prompt folded into the first user turn) a system role. Ollama adds the bos itself."""
     import subprocess
 
     from transformers.utils.chat_template_utils import render_jinja_template
 
-    from snaketune.chat_template import apply_template
+    from snaketune.chat_format import CHATML, GEMMA, ChatFormat, project_format, turns_template
     from snaketune.demo import TOOLS
-    from snaketune.modelfile import CHATML_TOOLS_TEMPLATE
+    from snaketune.modelfile import CHATML_TOOLS_TEMPLATE, turns_go_template
+
+    turns = GEMMA if form == "gemma" else CHATML
+    fmt = project_format() if form == "chatml" else ChatFormat(form, turns_template(turns, form),
+                                                                turns.end_of_turn, turns=turns)
+    go_template = CHATML_TOOLS_TEMPLATE if form == "chatml" else turns_go_template(turns)
 
     if shutil.which("go") is None:
         pytest.skip("Go is not installed (apt-get install golang-go)")
@@ -498,7 +548,8 @@ def test_ollama_template_renders_like_the_chat_template(tmp_path):
     cases, expected = [], []
     for system, chat_tools, messages in chats:
         messages = ([{"role": "system", "content": system}] if system else []) + messages
-        expected.append(apply_template(None, messages, chat_tools, add_generation_prompt=True))
+        expected.append(fmt.render(None, messages, chat_tools, add_generation_prompt=True)
+                        .removeprefix(turns.bos))
         functions = []
         # the function part of Jinja's tojson, which Ollama's {{ .Function }} stands for
         for tool in chat_tools:
@@ -510,7 +561,7 @@ def test_ollama_template_renders_like_the_chat_template(tmp_path):
              "ToolCalls": [{"Name": c["function"]["name"], "Arguments": c["function"]["arguments"]}
                            for c in m.get("tool_calls") or []]} for m in messages]})
     (tmp_path / "main.go").write_text(GO_HARNESS)
-    (tmp_path / "template.txt").write_text(CHATML_TOOLS_TEMPLATE)
+    (tmp_path / "template.txt").write_text(go_template)
     (tmp_path / "cases.json").write_text(json.dumps(cases))
     proc = subprocess.run(["go", "run", "main.go", "template.txt", "cases.json"], cwd=tmp_path,
                           capture_output=True, text=True,

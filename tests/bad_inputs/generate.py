@@ -250,6 +250,15 @@ CASES = {
         "data.jsonl": good_rows(), "bench.jsonl": [json.dumps(row(200)), json.dumps(row(7))]},
         {"data": {"sources": [{"path": "bench.jsonl", "split": "test"}, {"path": "data.jsonl"}]}},
         ["data.jsonl:8", "also appears in bench.jsonl:2", "fix:"]),
+    "ast_target_without_bfcl_scoring": (
+        "a BFCL AST accuracy target while eval.scoring is strict (the default)", {},
+        {"eval": {"targets": {"ast_accuracy": 0.5}}},
+        ["eval.targets.ast_accuracy", "ast_accuracy is computed only by bfcl scoring",
+         "fix: set eval.scoring: bfcl"]),
+    "unknown_benchmark": (
+        "eval.benchmarks names BFCL's leaderboard column instead of a v4 category", {},
+        {"eval": {"benchmarks": ["bfcl_simple"]}},
+        ["eval.benchmarks[0]", "'bfcl_simple' is not one of", "fix: use one of: bfcl_simple_python"]),
     "user_config_misspelt_key": ("a misspelt key in the user's --configfile", {
         "data.jsonl": good_rows(), "my.yaml": ["data: {spilt: {seed: 3}}"]}, SOURCE,
         ["my.yaml", "data.spilt", "unknown config key", "did you mean 'split'"]),
@@ -257,7 +266,44 @@ CASES = {
         "data.jsonl": good_rows(),
         "my.yaml": ["specialists:", "  debugger: {focus_tools: [mesen2.explode]}"]},
         SOURCE, ["my.yaml", "specialists.debugger.focus_tools", "'mesen2.explode' never occurs", "fix:"]),
+    "gguf_base_undequantizable": ("a GGUF base whose weights are Q8_K, which transformers cannot dequantize",
+                                  {"data.jsonl": good_rows(), "model.Q8_K.gguf": "GENERATE:gguf"},
+                                  {**SOURCE, "base_model": {"gguf_file": "model.Q8_K.gguf"}},
+                                  ["model.Q8_K.gguf", "base_model.gguf_file", "llama GGUF (MOSTLY_Q4_K_M)",
+                                   "cannot dequantize tensors of type Q8_K", "fix:"]),
+    "gguf_base_cut_short": ("a GGUF base cut short (one part of a split file)",
+                            {"data.jsonl": good_rows(), "model.gguf": "GENERATE:gguf_part"},
+                            {**SOURCE, "base_model": {"gguf_file": "model.gguf"}},
+                            ["model.gguf", "base_model.gguf_file", "is cut short", "tensor table needs",
+                             "fix:"]),
 }
+
+
+def small_gguf(quantized: bool) -> bytes:
+    """A tiny Llama-shaped GGUF: token_embd in Q8_K (raw blocks) or F32; gguf and numpy are in the lock."""
+    import tempfile
+
+    import numpy as np
+    from gguf import GGMLQuantizationType, GGUFWriter, LlamaFileType
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "m.gguf"
+        writer = GGUFWriter(str(path), "llama")
+        writer.add_name("bad-input")
+        writer.add_block_count(1)
+        writer.add_file_type(LlamaFileType.MOSTLY_Q4_K_M if quantized else LlamaFileType.ALL_F32)
+        for name in ("output_norm.weight", "blk.0.attn_norm.weight"):
+            writer.add_tensor(name, np.ones(256, dtype=np.float32))
+        if quantized:
+            writer.add_tensor("token_embd.weight", np.zeros((256, 292), dtype=np.uint8),
+                              raw_dtype=GGMLQuantizationType.Q8_K)
+        else:
+            writer.add_tensor("token_embd.weight", np.ones((256, 256), dtype=np.float32))
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        return path.read_bytes()
 
 # Extra keys of a case.yaml:
 #   env: variables for the run ({workdir} stands for its directory; PYTHONPATH is prepended to the caller's)
@@ -268,6 +314,9 @@ EXTRA = {
         '"line": 2', "messages[1].tool_calls[0].function.name", '"line": 4', '"fix": ']}},
     "user_config_misspelt_key": {"args": ["--configfile", "my.yaml"]},
     "user_config_focus_tool_never_occurs": {"args": ["--configfile", "my.yaml"]},
+    # stopped by the header check in rule gguf_base, before transformers dequantizes anything
+    "gguf_base_undequantizable": {"target": "results/base/gguf/model.Q8_K"},
+    "gguf_base_cut_short": {"target": "results/base/gguf/model"},
     "quantization_4bit_without_bitsandbytes": {
         "env": {"PYTHONPATH": "{workdir}/shim"},
         "prepare": ["results/data/split_stats.json", "results/base/tiny"],
@@ -292,6 +341,9 @@ def main() -> None:
         for fname, content in files.items():
             target = case / "files" / fname
             target.parent.mkdir(parents=True, exist_ok=True)
+            if content in ("GENERATE:gguf", "GENERATE:gguf_part"):  # binary, built here (not in CASES)
+                data = small_gguf(quantized=content == "GENERATE:gguf")
+                content = data if content == "GENERATE:gguf" else data[:-4096]
             if isinstance(content, bytes):
                 target.write_bytes(content)
             elif isinstance(content, str):

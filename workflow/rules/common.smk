@@ -1,6 +1,7 @@
 # Helpers the rules ask (input functions, params, resources), the final targets and wildcard constraints.
 # The policy behind them lives in the snaketune package (config, targets).
 import glob
+import re
 import sys
 from pathlib import Path
 
@@ -18,8 +19,10 @@ from snaketune.config import (  # noqa: E402
     fill_stage_defaults,
     layered_config,
     load_schema,
+    resolve_base_model,
     specialist_settings as _specialist_settings,
 )
+from snaketune.gguf_base import PYPI_BASES, conversion_mem_mb  # noqa: E402
 from snaketune.targets import base_gguf_path, final_targets as _final_targets  # noqa: E402
 from snaketune.targets import lora_base_quant, modelfile_quant  # noqa: E402
 from snaketune.tracking import without_tracking  # noqa: E402
@@ -37,7 +40,7 @@ CONFIG_LAYERS = layered_config(
 )
 config.clear()
 config.update(CONFIG_LAYERS.config)
-# The file that names the specialists, for errors the run itself finds about their settings (a rule param:
+# The file that names the specialists, for errors the run itself finds about their settings (a param of rules;
 # an overlay that only changes, say, defaults.train.lr keeps it, so it reruns only what the value changes);
 # checks before the run name the exact file each key came from (CONFIG_LAYERS).
 CONFIG_PATH = display_path(CONFIG_LAYERS.file_of("specialists") or "config/config.yaml")
@@ -45,6 +48,9 @@ _schema = load_schema(CONFIG_SCHEMA)
 check_config(config, _schema, CONFIG_LAYERS)
 validate(config, CONFIG_SCHEMA)
 fill_stage_defaults(config, _schema)
+# A GGUF base (base_model.gguf_file / pypi_gguf) becomes the directory that gguf_base converts it into; from
+# here on every rule sees base_model.name_or_path as that local directory.
+config["base_model"] = resolve_base_model(config["base_model"], CONFIG_LAYERS.file_of("base_model"))
 check_inputs(config, CONFIG_LAYERS)
 
 SPECIALISTS = sorted(config["specialists"])
@@ -114,12 +120,38 @@ def uses_tiny_base():
     return config["base_model"]["name_or_path"].rstrip("/") == TINY_BASE_DIR
 
 
+def uses_gguf_base():
+    return bool(config["base_model"].get("gguf_file"))
+
+
 def base_model_input(wildcards=None):
-    """The base model as a file input: the tiny base or a local directory; a hub id has none."""
+    """The base model as a file input: the tiny base, a converted GGUF base or a local directory; a hub id
+    has none."""
     name = config["base_model"]["name_or_path"]
-    if uses_tiny_base() or Path(name).is_dir():
+    if uses_tiny_base() or uses_gguf_base() or Path(name).is_dir():
         return name
     return []
+
+
+def gguf_base_source(wildcards):
+    """The GGUF that gguf_base converts (an input, so its sha256 is in the provenance record)."""
+    return config["base_model"]["gguf_file"]
+
+
+def gguf_base_mem_mb(wildcards):
+    return conversion_mem_mb(config["base_model"]["gguf_file"])
+
+
+def pypi_gguf_name(wildcards):
+    """The PyPI_BASES entry whose GGUF file is {file}."""
+    return next(name for name, spec in PYPI_BASES.items() if spec["file"] == wildcards.file)
+
+
+def gguf_base_stem():
+    """The one converted base directory name rule gguf_base may make (none without a GGUF base)."""
+    if not uses_gguf_base():
+        return "(?!)"
+    return re.escape(Path(config["base_model"]["name_or_path"]).name)
 
 
 def specialist_settings(name):

@@ -64,8 +64,9 @@ rule base_gguf:
         name="base",
         # LoRA GGUFs may adapt embed_tokens / lm_head apart, so the base keeps output.weight of its own
         untie=True,
-        # the chat template the adapters were trained on, whatever the hub model ships
-        template="shared",
+        # the chat format the adapters were trained in (snaketune.chat_format), not only the base's own
+        template="format",
+        chat_template=config["base_model"].get("chat_template"),
     threads: 1
     resources:
         mem_mb=4000,

@@ -11,5 +11,6 @@ with rule_step(snakemake):
         revision=snakemake.params.revision,
         untie=snakemake.params.untie,
         template=snakemake.params.template,
+        chat_template=snakemake.params.get("chat_template"),  # base_gguf: base_model.chat_template
         config_path=snakemake.params.get("config_path"),  # base_gguf: the source is the config's base
     )

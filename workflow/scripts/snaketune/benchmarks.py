@@ -24,7 +24,7 @@ from .files import read_json, read_jsonl, sha256_file, sha256_tree, write_json, 
 
 SCHEMA_PATH = EVAL_SCHEMA_PATH.with_name("benchmark_result.schema.yaml")
 PREFIX = "bfcl_"
-PROMPT_FORMAT = "snaketune chat template; every tool's full JSON Schema; the specialist's system prompt"
+PROMPT_FORMAT = "chat format {}; every tool's full JSON Schema; the specialist's system prompt"
 
 
 def category_of(benchmark: str, config_path: str | None = None) -> str:
@@ -122,8 +122,8 @@ def evaluate_benchmarks(*, base_cfg: dict, rows_paths: dict, settings: dict, eva
         "categories": categories,
         "generation": {"batch_size": eval_cfg["batch_size"], "max_new_tokens": eval_cfg["max_new_tokens"],
                        "decoding": "greedy", "generated_tokens": total_tokens,
-                       "system_prompt": settings["system_prompt"], "prompt_format": PROMPT_FORMAT,
-                       "device": device},
+                       "system_prompt": settings["system_prompt"],
+                       "prompt_format": PROMPT_FORMAT.format(_format_label(tokenizer)), "device": device},
         "hashes": {"base_model": model_fingerprint(base_cfg),
                    "adapter": ("sha256:" + sha256_tree(adapter_dir)) if adapter_dir is not None else None},
     }
@@ -131,6 +131,13 @@ def evaluate_benchmarks(*, base_cfg: dict, rows_paths: dict, settings: dict, eva
     write_jsonl(out_generations, all_records)
     write_json(out_json, result)
     return result
+
+
+def _format_label(tokenizer) -> str:
+    from .chat_format import format_of
+
+    fmt = format_of(tokenizer)
+    return f"{fmt.name} (sha256 {fmt.sha256[:12]})"
 
 
 # ---------------------------------------------------------------- base vs tuned

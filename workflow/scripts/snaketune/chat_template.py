@@ -1,16 +1,18 @@
-"""The one chat template that training, evaluation and export share, and what a specialist shows the model.
+"""The project's chat template, and what a specialist shows the model (its rows, system prompt and tools).
 
-The template (``chat_template.jinja`` beside this file) writes ChatML turns and Qwen2.5-style tools.
+How a base writes a conversation is its chat format (snaketune.chat_format); the helpers below render in
+the format a tokenizer carries. The project template (``chat_template.jinja`` beside this file, the tiny
+base's and any ChatML base's format) writes ChatML turns and Qwen2.5-style tools.
 An assistant tool call is rendered exactly as::
 
     <tool_call>
     {"name": "<name>", "arguments": <the OpenAI arguments string, as-is>}
     </tool_call>
 
-one block per call, and ``{% generation %}`` marks what the assistant writes (content, calls and
-``<|im_end|>``), so ``return_assistant_tokens_mask`` gives the assistant-only loss mask. The inference
-prompt (every message but the final assistant turn, plus the generation prompt) is an exact prefix of
-the training text, both as text and as token ids.
+one block per call; ``{% generation %}`` marks what the assistant writes (content, calls and
+``<|im_end|>``), though the loss mask is computed from prefixes for every format (chat_format). The
+inference prompt (every message but the final assistant turn, plus the generation prompt) is an exact
+prefix of the training text, both as text and as token ids.
 """
 
 from __future__ import annotations
@@ -158,37 +160,30 @@ def split_prompt(messages: list[dict]) -> tuple[list[dict], dict | None]:
 
 
 def attach_template(tokenizer):
-    """Give ``tokenizer`` the shared template (a hub model's own template double-encodes arguments)."""
-    tokenizer.chat_template = CHAT_TEMPLATE
-    return tokenizer
+    """Give ``tokenizer`` the project template as its chat format (snaketune.chat_format)."""
+    from .chat_format import attach_format, project_format
+
+    return attach_format(tokenizer, project_format())
 
 
 def apply_template(tokenizer, messages, tools=None, add_generation_prompt: bool = False) -> str:
-    """Render ``messages`` (and ``tools``) as text; ``tokenizer`` may be None (the template alone)."""
-    if tokenizer is not None:
-        return tokenizer.apply_chat_template(messages, tools=tools or None, chat_template=CHAT_TEMPLATE,
-                                             add_generation_prompt=add_generation_prompt, tokenize=False)
-    from transformers.utils.chat_template_utils import render_jinja_template
+    """Render ``messages`` (and ``tools``) in the tokenizer's chat format (the project template where the
+    tokenizer carries none, or ``tokenizer`` is None)."""
+    from .chat_format import format_of
 
-    rendered, _ = render_jinja_template([messages], tools=tools or None, chat_template=CHAT_TEMPLATE,
-                                        add_generation_prompt=add_generation_prompt)
-    return rendered[0]
+    return format_of(tokenizer).render(tokenizer, messages, tools, add_generation_prompt)
 
 
 def encode_chat(tokenizer, messages, tools=None, add_generation_prompt: bool = False) -> dict:
-    """Token ids and the assistant mask (1 on what the assistant writes, its <|im_end|> included)."""
-    out = tokenizer.apply_chat_template(messages, tools=tools or None, chat_template=CHAT_TEMPLATE,
-                                        add_generation_prompt=add_generation_prompt, tokenize=True,
-                                        return_dict=True, return_assistant_tokens_mask=True)
-    return {"input_ids": list(out["input_ids"]), "assistant_masks": list(out["assistant_masks"])}
+    """Token ids and the assistant mask (1 on what the assistant writes, its end-of-turn token included),
+    in the tokenizer's chat format."""
+    from .chat_format import format_of
+
+    return format_of(tokenizer).encode(tokenizer, messages, tools, add_generation_prompt)
 
 
 def stop_token_ids(tokenizer) -> list[int]:
-    """Ids that end a generated assistant turn: <|im_end|> and the tokenizer's eos (deduplicated)."""
-    ids = []
-    im_end = tokenizer.convert_tokens_to_ids(END_OF_TURN)
-    if im_end is not None and im_end != tokenizer.unk_token_id:
-        ids.append(im_end)
-    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
-        ids.append(tokenizer.eos_token_id)
-    return ids
+    """Ids that end a generated assistant turn: the format's end-of-turn token and the tokenizer's eos."""
+    from .chat_format import format_of
+
+    return format_of(tokenizer).stop_ids(tokenizer)

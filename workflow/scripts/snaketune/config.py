@@ -19,6 +19,7 @@ __all__ = [
     "specialist_settings", "eval_settings", "check_inputs", "eval_params", "benchmark_eval_params",
     "benchmark_settings", "BENCHMARK_ONLY_EVAL_KEYS", "LayeredConfig", "layered_config", "load_config_file",
     "origin_of", "display_path", "check_sources", "schema_errors", "unknown_keys", "REPLACED_KEYS",
+    "resolve_base_model",
 ]
 
 SPECIALIST_NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
@@ -325,6 +326,9 @@ def check_inputs(config: dict, config_path) -> None:
     name = config["base_model"]["name_or_path"]
     if name.rstrip("/") == TINY_BASE_DIR:
         return
+    if config["base_model"].get("gguf_file"):
+        _check_gguf_base(config, config_path)
+        return
     from .modeling import check_local_dir, looks_local
 
     if not looks_local(name):
@@ -342,3 +346,60 @@ def check_inputs(config: dict, config_path) -> None:
                                  field="base_model.name_or_path",
                                  fix=f"use a {', '.join(SUPPORTED_FAMILIES)} model "
                                      "or set export.enabled: false")
+
+
+def _check_gguf_base(config: dict, config_path) -> None:
+    """A GGUF base (resolved by snaketune.gguf_base.resolve_base_model): its file is there unless the
+    pipeline fetches it, and its architecture is one GGUF export writes while export is on."""
+    from .gguf_base import PYPI_ROOT, gguf_base_architecture
+
+    base = config["base_model"]
+    gguf_file = str(base["gguf_file"])
+    if not base.get("pypi_gguf") and not Path(gguf_file).is_file():
+        raise SnaketuneError(_where(config_path, "base_model.gguf_file"),
+                             f"GGUF file {gguf_file!r} does not exist", field="base_model.gguf_file",
+                             fix="use base_model.pypi_gguf" if gguf_file.startswith(PYPI_ROOT)
+                             else "fix the path (relative to the working directory)")
+    if not config.get("export", {}).get("enabled", True):
+        return
+    from .gguf_export import ARCHITECTURES
+
+    arch = gguf_base_architecture(base)
+    if arch is not None and arch not in set(ARCHITECTURES.values()):
+        key = "base_model.pypi_gguf" if base.get("pypi_gguf") else "base_model.gguf_file"
+        raise SnaketuneError(_where(config_path, key),
+                             f"base model architecture {arch!r} (GGUF) cannot be exported to GGUF",
+                             field=key,
+                             fix="use a llama, mistral or qwen2 base, or set export.enabled: false")
+
+
+def resolve_base_model(base_cfg: dict, config_path=None) -> dict:
+    """``base_model`` as every rule takes it: for a GGUF base (``gguf_file``, or ``pypi_gguf`` whose GGUF the
+    pipeline fetches to results/base/pypi/), ``name_or_path`` is the directory rule gguf_base converts it
+    into and ``gguf_file`` the file; a known PyPI base brings its chat format where the config sets none.
+    Other bases pass unchanged."""
+    from .gguf_base import PYPI_BASES, gguf_base_dir, pypi_gguf_path
+
+    base = dict(base_cfg)
+    gguf_file, pypi = base.get("gguf_file"), base.get("pypi_gguf")
+    if not gguf_file and not pypi:
+        return base
+    if gguf_file and pypi:
+        raise SnaketuneError(config_path, "gguf_file and pypi_gguf both name a base", field="base_model",
+                             fix="keep one of them")
+    name = str(base.get("name_or_path") or TINY_BASE_DIR).rstrip("/")
+    if name != TINY_BASE_DIR:
+        raise SnaketuneError(config_path, f"name_or_path ({name!r}) and a GGUF base both name a base",
+                             field="base_model.name_or_path",
+                             fix="remove name_or_path (the GGUF is the base)")
+    if pypi:
+        if pypi not in PYPI_BASES:
+            raise SnaketuneError(config_path, f"unknown PyPI base {pypi!r}", field="base_model.pypi_gguf",
+                                 fix=f"use one of {', '.join(PYPI_BASES)}, or base_model.gguf_file")
+        gguf_file = pypi_gguf_path(pypi)
+        if not base.get("chat_template") and PYPI_BASES[pypi]["chat_template"]:
+            base["chat_template"] = PYPI_BASES[pypi]["chat_template"]
+    base["gguf_file"] = str(gguf_file)
+    base["name_or_path"] = gguf_base_dir(gguf_file)
+    base["revision"] = None
+    return base

@@ -18,9 +18,9 @@ import jsonschema
 import yaml
 
 from . import bfcl, metrics
+from .chat_format import format_of
 from .chat_template import (
     apply_template,
-    attach_template,
     prompt_tools_rendered,
     specialist_chat,
     specialist_rows,
@@ -210,8 +210,7 @@ def load_for_eval(base_cfg: dict, adapter_dir=None, threads: int | None = None, 
 
     if threads:
         torch.set_num_threads(threads)
-    model, tokenizer = load_base(base_cfg, config_path=config_path)
-    attach_template(tokenizer)
+    model, tokenizer = load_base(base_cfg, config_path=config_path)  # with the base's chat format
     if adapter_dir is not None:
         from peft import PeftModel
 
@@ -254,6 +253,7 @@ def evaluate(*, base_cfg: dict, test_path, settings: dict, eval_cfg: dict, out_j
         "generation": {"batch_size": eval_cfg["batch_size"], "max_new_tokens": eval_cfg["max_new_tokens"],
                        "decoding": "greedy",
                        "stop_tokens": tokenizer.convert_ids_to_tokens(stop_token_ids(tokenizer)),
+                       "chat_format": format_of(tokenizer).record(),
                        "generated_tokens": n_generated, "system_prompt": settings.get("system_prompt", ""),
                        "system_prompt_mode": settings.get("system_prompt_mode", "prepend"),
                        "tools_rendered": prompt_tools_rendered(settings)},

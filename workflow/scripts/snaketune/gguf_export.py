@@ -21,8 +21,9 @@ from .errors import SnaketuneError
 from .files import atomic_path
 
 __all__ = [
-    "SUPPORTED_FAMILIES", "QUANTS", "LORA_ALPHA_KEY", "QWEN2_REGEX", "LLAMA3_REGEX", "local_model_dir",
-    "model_spec", "encode", "tokenizer_metadata", "write_model_gguf", "write_lora_gguf"
+    "ARCHITECTURES", "SUPPORTED_FAMILIES", "QUANTS", "LORA_ALPHA_KEY", "QWEN2_REGEX", "LLAMA3_REGEX",
+    "local_model_dir", "model_spec", "encode", "widen", "checkpoint_tensor", "tokenizer_metadata",
+    "write_model_gguf", "write_lora_gguf"
 ]
 
 log = logging.getLogger("snaketune.gguf")
@@ -427,9 +428,15 @@ def _merges(model: dict) -> list[str]:
     return list(merges)
 
 
-def tokenizer_metadata(model_dir, vocab_size: int) -> dict:
-    """Tokens, types, merges, special ids, add-bos/eos and chat template for a byte-level BPE tokenizer."""
+def tokenizer_metadata(model_dir, vocab_size: int, chat_format=None) -> dict:
+    """Tokens, types, merges, special ids, add-bos/eos and chat template for a byte-level BPE tokenizer.
+
+    The chat template and the end-of-turn id come from ``chat_format`` (snaketune.chat_format), else from
+    the directory's ``chat_format.json`` (adapter and merged directories), else its tokenizer's template.
+    """
     from transformers import AutoTokenizer
+
+    from .chat_format import FORMAT_FILE, load_format
 
     gguf = _gguf()
     model_dir = Path(model_dir)
@@ -466,6 +473,12 @@ def tokenizer_metadata(model_dir, vocab_size: int) -> dict:
         types[item["id"]] = int(gguf.TokenType.CONTROL if special else gguf.TokenType.USER_DEFINED)
 
     hf = AutoTokenizer.from_pretrained(str(model_dir))
+    if chat_format is None and (model_dir / FORMAT_FILE).is_file():
+        chat_format = load_format(model_dir)
+    if chat_format is not None:  # a pad that is no stop token, as training had (modeling.set_pad_token)
+        from .modeling import set_pad_token
+
+        set_pad_token(hf, chat_format.stop_ids(hf))
     probe = "snaketune probe"
     plain = hf(probe, add_special_tokens=False)["input_ids"]
     full = hf(probe, add_special_tokens=True)["input_ids"]
@@ -479,6 +492,9 @@ def tokenizer_metadata(model_dir, vocab_size: int) -> dict:
     if add_bos:
         special_ids["bos"] = full[0]
     template = hf.chat_template if isinstance(hf.chat_template, str) else None
+    if chat_format is not None:
+        template = chat_format.template
+        special_ids["eot"] = hf.convert_tokens_to_ids(chat_format.end_of_turn)
     return {"pre": pre, "tokens": tokens, "types": types, "merges": _merges(model),
             "special_ids": {k: int(v) for k, v in special_ids.items() if v is not None},
             "add_bos": add_bos, "add_eos": add_eos, "chat_template": template}
@@ -490,7 +506,7 @@ def add_tokenizer(writer, meta: dict) -> None:
     writer.add_token_list(meta["tokens"])
     writer.add_token_types(meta["types"])
     writer.add_token_merges(meta["merges"])
-    for kind in ("bos", "eos", "unk", "pad"):
+    for kind in ("bos", "eos", "unk", "pad", "eot"):
         if kind in meta["special_ids"]:
             getattr(writer, f"add_{kind}_token_id")(meta["special_ids"][kind])
     writer.add_add_bos_token(meta["add_bos"])
@@ -588,12 +604,14 @@ def _order(hf_name: str):
 
 
 def write_model_gguf(source, out_path, quant: str, name: str | None = None, revision=None,
-                     untie: bool = False, template: str = "model", *, config_path: str | None = None) -> dict:
+                     untie: bool = False, template: str = "model", chat_template: str | None = None, *,
+                     config_path: str | None = None) -> dict:
     """Convert a transformers checkpoint (local dir or hub id) into one GGUF file of type ``quant``.
 
     ``untie`` writes ``output.weight`` even for tied embeddings: a base GGUF that LoRA adapters
     touching embed_tokens / lm_head are applied to needs the two apart. ``template``: ``model`` keeps
-    the checkpoint's chat template, ``shared`` writes snaketune's (what the adapters were trained on).
+    the checkpoint's chat format (a merged model's), ``format`` writes the chat format the base resolves
+    to under ``chat_template`` (base_model.chat_template: what the adapters were trained in).
     ``config_path``: the config file, where ``source`` and ``quant`` come from it (errors name it).
     """
     if quant not in QUANTS:
@@ -603,13 +621,15 @@ def write_model_gguf(source, out_path, quant: str, name: str | None = None, revi
     model_dir = local_model_dir(source, revision, config_path=config_path)
     spec = model_spec(model_dir)
     weights = SafetensorsDir(model_dir)
-    meta = tokenizer_metadata(model_dir, spec.vocab_size)
-    if template == "shared":
-        from .chat_template import CHAT_TEMPLATE
+    if template not in ("model", "format"):
+        raise ValueError(f"template must be 'model' or 'format', not {template!r}")
+    fmt = None
+    if template == "format":
+        from .chat_format import format_of
+        from .modeling import load_tokenizer
 
-        meta["chat_template"] = CHAT_TEMPLATE
-    elif template != "model":
-        raise ValueError(f"template must be 'model' or 'shared', not {template!r}")
+        fmt = format_of(load_tokenizer(model_dir, chat_template=chat_template, config_path=config_path))
+    meta = tokenizer_metadata(model_dir, spec.vocab_size, fmt)
 
     planned: list[PlannedTensor] = []
     skip = {"lm_head.weight"} if spec.tied else set()

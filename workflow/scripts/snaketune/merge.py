@@ -1,8 +1,9 @@
 """Merge a specialist's LoRA adapter into its base: one checkpoint that plain transformers loads.
 
-The merged directory holds the tokenizer, the shared chat template and a generation config. The merge
-runs in float32 and is checked before it is kept: the saved model, loaded back with plain
-transformers, must give the logits that base + adapter gave on a probe prompt.
+The merged directory holds the tokenizer, the adapter's chat format (its template and chat_format.json)
+and a generation config that stops on the format's end-of-turn token. The merge runs in float32 and is
+checked before it is kept: the saved model, loaded back with plain transformers, must give the logits
+that base + adapter gave on a probe prompt.
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ def merge_adapter(base, adapter_dir, out_dir, revision=None, threads: int | None
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .chat_template import attach_template, stop_token_ids
+    from .chat_format import load_format, save_tokenizer
     from .gguf_export import local_model_dir
     from .modeling import read_adapter_config
 
@@ -83,8 +84,7 @@ def merge_adapter(base, adapter_dir, out_dir, revision=None, threads: int | None
 
     tok_source = adapter_dir if (adapter_dir / "tokenizer_config.json").is_file() else base_dir
     tokenizer = AutoTokenizer.from_pretrained(str(tok_source))
-    if not isinstance(tokenizer.chat_template, str):
-        attach_template(tokenizer)
+    fmt = load_format(adapter_dir, tokenizer)  # the format the adapter was trained in
     model = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32, use_safetensors=True)
     model = PeftModel.from_pretrained(model, str(adapter_dir)).to(device).eval()
     probe = torch.tensor([_probe_ids(tokenizer, model.get_input_embeddings().weight.shape[0])], device=device)
@@ -95,7 +95,7 @@ def merge_adapter(base, adapter_dir, out_dir, revision=None, threads: int | None
     _untie_if_diverged(merged)
     untied = bool(base_cfg.get("tie_word_embeddings")) and not merged.config.tie_word_embeddings
     merged.to(getattr(torch, dtype))
-    stops = stop_token_ids(tokenizer)
+    stops = fmt.stop_ids(tokenizer)
     gen = merged.generation_config
     gen.eos_token_id = stops if len(stops) > 1 else stops[0]
     if tokenizer.pad_token_id is not None:
@@ -103,7 +103,7 @@ def merge_adapter(base, adapter_dir, out_dir, revision=None, threads: int | None
 
     with atomic_path(out_dir, directory=True) as tmp:
         merged.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
+        save_tokenizer(tokenizer, tmp)
         del merged, model
         reloaded = AutoModelForCausalLM.from_pretrained(str(tmp), dtype=torch.float32, use_safetensors=True)
         with torch.no_grad():

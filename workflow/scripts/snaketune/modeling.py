@@ -21,7 +21,7 @@ from .errors import SnaketuneError
 from .files import atomic_path, read_jsonl, sha256_tree
 
 __all__ = [
-    "looks_local", "check_local_dir", "hub_error", "load_tokenizer", "quantization_config",
+    "looks_local", "check_local_dir", "hub_error", "load_tokenizer", "set_pad_token", "quantization_config",
     "load_base_model", "load_base", "read_adapter_config", "base_identity", "readable_tree", "corpus_texts",
     "train_tokenizer", "tiny_model_config", "build_tiny_base"
 ]
@@ -89,12 +89,15 @@ def _source(name_or_path: str, config_path: str | None) -> tuple[str, bool]:
 
 
 def load_tokenizer(name_or_path, revision=None, trust_remote_code: bool = False, *,
-                   config_path: str | None = None):
-    """The base's tokenizer with the shared chat template attached and a pad token set.
+                   config_path: str | None = None, chat_template: str | None = None):
+    """The base's tokenizer with its chat format attached (snaketune.chat_format) and a pad token set.
 
+    ``chat_template`` is ``base_model.chat_template`` (a family name or a file; None: the base's own).
     ``config_path``: the config file naming the base, for errors about ``base_model``.
     """
     from transformers import AutoTokenizer
+
+    from .chat_format import attach_format, resolve_chat_format
 
     source, local = _source(name_or_path, config_path)
     try:
@@ -108,10 +111,27 @@ def load_tokenizer(name_or_path, revision=None, trust_remote_code: bool = False,
                                  fix="save the tokenizer into the model directory "
                                      "(tokenizer.save_pretrained)")
         raise hub_error(source, revision, err, config_path=config_path) from err
-    tokenizer.chat_template = CHAT_TEMPLATE
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = PAD_TOKEN if PAD_TOKEN in tokenizer.get_vocab() else tokenizer.eos_token
+    fmt = resolve_chat_format(tokenizer, {"chat_template": chat_template}, config_path=config_path,
+                              base_name=str(name_or_path))
+    attach_format(tokenizer, fmt)
+    set_pad_token(tokenizer, fmt.stop_ids(tokenizer))
     return tokenizer
+
+
+def set_pad_token(tokenizer, stops) -> None:
+    """A pad token that is no stop token: padding must never look like the end of a turn (SmolLM2 pads
+    with its eos, <|im_end|>, which is also its end-of-turn)."""
+    from .chat_format import token_id
+
+    if tokenizer.pad_token is not None and tokenizer.pad_token_id not in stops:
+        return
+    for candidate in (PAD_TOKEN, tokenizer.unk_token, "<pad>"):
+        if candidate and token_id(tokenizer, candidate) not in (None, *stops):
+            tokenizer.pad_token = candidate
+            return
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    log.warning("no pad token apart from the stop tokens: padding with %r", tokenizer.pad_token)
 
 
 def torch_dtype(dtype: str):
@@ -215,7 +235,8 @@ def load_base(base_cfg: dict, *, config_path: str | None = None, **kwargs):
     """(model, tokenizer) for ``config["base_model"]`` (from the config file ``config_path``)."""
     name, revision = base_cfg["name_or_path"], base_cfg.get("revision")
     trust = bool(base_cfg.get("trust_remote_code", False))
-    tokenizer = load_tokenizer(name, revision, trust, config_path=config_path)
+    tokenizer = load_tokenizer(name, revision, trust, config_path=config_path,
+                               chat_template=base_cfg.get("chat_template"))
     model = load_base_model(name, revision, trust, config_path=config_path, **kwargs)
     return model, tokenizer
 

@@ -39,7 +39,8 @@ log = logging.getLogger("snaketune.training")
 FINGERPRINT = "fingerprint.json"
 # Files of the adapter directory whose bytes depend only on the inputs (timings go to a sidecar JSON).
 DETERMINISTIC_FILES = ("adapter_model.safetensors", "adapter_config.json", "specialist_config.json",
-                       "tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "loss_curve.png")
+                       "tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "chat_format.json",
+                       "loss_curve.png")
 
 
 # --- examples ---------------------------------------------------------------------------------
@@ -52,11 +53,19 @@ def tokenize_rows(rows, tokenizer, settings: dict, source=None) -> tuple[list[di
     A row whose template gives no assistant token is an error (it would train on nothing); a row longer
     than ``max_seq_len`` is skipped (truncating it would teach the model to stop mid-call).
     """
+    from .chat_format import FormatError
+
     max_len = int(settings["train"]["max_seq_len"])
     examples, skipped = [], []
     for index, row in enumerate(rows):
         messages, tools = specialist_chat(row, settings)
-        enc = encode_chat(tokenizer, messages, tools)
+        try:
+            enc = encode_chat(tokenizer, messages, tools)
+        except FormatError as err:  # the base's template, not the row, is at fault
+            raise SnaketuneError(source, f"row {row.get('id', index)}: {err}",
+                                 field="base_model.chat_template",
+                                 fix="set base_model.chat_template to a family (chatml, gemma) or a .jinja "
+                                     "file") from err
         ids, mask = enc["input_ids"], enc["assistant_masks"]
         if not any(mask):
             raise SnaketuneError(source, f"row {row.get('id', index)} has an empty loss mask: the chat "
@@ -473,7 +482,8 @@ def load_examples(run: TrainingRun, train_path, val_path) -> None:
 
     settings, name = run.settings, run.name
     run.tokenizer = load_tokenizer(run.base_name, run.revision, run.trust_remote_code,
-                                   config_path=run.config_path)
+                                   config_path=run.config_path,
+                                   chat_template=run.base_cfg.get("chat_template"))
     run.train_rows = specialist_rows(read_jsonl(train_path), settings["focus_tools"])
     val_rows = specialist_rows(read_jsonl(val_path), settings["focus_tools"]) if val_path else []
     if not run.train_rows:
@@ -497,9 +507,12 @@ def load_examples(run: TrainingRun, train_path, val_path) -> None:
 
 def find_checkpoint(run: TrainingRun, train_path, val_path) -> None:
     """The checkpoint to resume from, if one was made from the same inputs and settings."""
+    from .chat_format import format_of
     from .modeling import base_identity
 
-    run.identity = base_identity(run.base_name, run.revision)
+    # the chat format decides the token ids: a checkpoint trained in another format is not this run's
+    run.identity = {**base_identity(run.base_name, run.revision),
+                    "chat_format": format_of(run.tokenizer).sha256}
     run.data_hashes = {"train": sha256_file(train_path), "val": sha256_file(val_path) if val_path else None}
     run.fingerprint = fingerprint(run.identity, run.data_hashes, run.settings, run.options, run.threads)
     resume = resumable_checkpoint(run.checkpoint_dir, run.fingerprint) if run.rank == 0 else None
@@ -609,12 +622,15 @@ def train_metrics(run: TrainingRun, trainer, args: dict, wall: float, cpu: float
 
 def specialist_config(run: TrainingRun, args: dict, train_path, val_path) -> dict:
     """specialist_config.json: what the adapter was trained from and with."""
+    from .chat_format import format_of
+
     train_cfg, identity = run.settings["train"], run.identity
     return {
         "name": run.name,
         "system_prompt": run.settings["system_prompt"],
         "focus_tools": run.settings["focus_tools"],
         "tools_rendered": train_cfg.get("tools_rendered", "all"),
+        "chat_format": format_of(run.tokenizer).record(),
         "lora": run.settings["lora"],
         "train": train_cfg,
         "resolved": {**run.options, **{k: v for k, v in args.items() if k != "output_dir"}},
@@ -632,6 +648,7 @@ def specialist_config(run: TrainingRun, args: dict, train_path, val_path) -> dic
 
 def save_adapter(run: TrainingRun, trainer, metrics: dict, spec_config: dict, out_dir, timing_path) -> None:
     """Rank 0 writes the adapter directory atomically, and the timing JSON; ``metrics`` gains world_size."""
+    from .chat_format import save_tokenizer
     from .modeling import readable_tree
 
     # The adapter names the base as configured (a hub id or the relative path), not this run's absolute path.
@@ -652,7 +669,7 @@ def save_adapter(run: TrainingRun, trainer, metrics: dict, spec_config: dict, ou
         # The base's vocabulary is never resized here, so the base embedding is not part of the adapter.
         trainer.model.save_pretrained(tmp, safe_serialization=True, save_embedding_layers=False,
                                       state_dict=state_dict)
-        run.tokenizer.save_pretrained(tmp)
+        save_tokenizer(run.tokenizer, tmp)  # with chat_format.json: merge and export read the format there
         (tmp / "README.md").unlink(missing_ok=True)  # PEFT's model card template; specialist_config says more
         (tmp / "specialist_config.json").write_text(dumps_json(spec_config), encoding="utf-8")
         (tmp / "train_metrics.json").write_text(dumps_json(saved_metrics), encoding="utf-8")
