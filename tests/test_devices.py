@@ -9,6 +9,7 @@ this choice logic, mocked.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pytest
 from trl import SFTConfig
@@ -26,8 +27,10 @@ TRAIN = {"epochs": 1, "max_steps": 2, "lr": 1e-3, "batch_size": 2, "grad_accum":
 def machine(monkeypatch):
     """machine(cuda=..., mps=..., ...) makes devices' probes answer as that machine would."""
 
-    def play(cuda=False, mps=False, cuda_bf16=True, mps_bf16=False, flash=False, torch_gpus=0, smi_gpus=0):
+    def play(cuda=False, mps=False, cuda_bf16=True, mps_bf16=False, flash=False, torch_gpus=0, smi_gpus=0,
+             cpu_bf16=False):
         monkeypatch.setattr(devices, "cuda_available", lambda: cuda)
+        monkeypatch.setattr(devices, "cpu_bf16_native", lambda: cpu_bf16)
         monkeypatch.setattr(devices, "mps_available", lambda: mps)
         monkeypatch.setattr(devices, "cuda_bf16_supported", lambda: cuda_bf16)
         monkeypatch.setattr(devices, "mps_bf16_supported", lambda: mps_bf16)
@@ -98,11 +101,53 @@ def test_cpu_options_are_unchanged(machine):
     machine(cuda=True, flash=True)  # what the machine has does not matter once the device is chosen
     assert devices.device_options("cpu", TRAIN) == {"device": "cpu", "dtype": "fp32",
                                                     "gradient_checkpointing": False, "packing": False,
-                                                    "quantization": "none"}
+                                                    "row_by_row": False, "quantization": "none"}
     with pytest.raises(SnaketuneError, match=r"train\.dtype: fp16 training needs a GPU"):
         devices.device_options("cpu", {**TRAIN, "dtype": "fp16"})
     # training's name for it
     assert resolve_options(TRAIN, "cpu", config_path="my.yaml") == devices.device_options("cpu", TRAIN)
+
+
+@pytest.mark.parametrize("width, cpu_bf16, want_dtype, want_rows", [
+    (576, True, "bf16", True),     # SmolLM2 on a CPU with AMX / AVX512-BF16
+    (576, False, "fp32", True),    # SmolLM2 on a CPU without native bf16
+    (128, True, "fp32", False),    # the tiny demo base: fp32, padded batches, whatever the CPU
+    (None, True, "fp32", False),   # width unknown: taken as narrow
+])
+def test_cpu_options_for_a_wide_base(machine, width, cpu_bf16, want_dtype, want_rows):
+    machine(cpu_bf16=cpu_bf16)
+    options = devices.device_options("cpu", TRAIN, base_width=width)
+    assert (options["dtype"], options["row_by_row"], options["gradient_checkpointing"]) == (
+        want_dtype, want_rows, False)
+    # what the config says wins over auto
+    forced = devices.device_options("cpu", {**TRAIN, "dtype": "fp32", "row_by_row": False}, base_width=width)
+    assert (forced["dtype"], forced["row_by_row"]) == ("fp32", False)
+    assert devices.device_options("cpu", {**TRAIN, "row_by_row": True}, base_width=128)["row_by_row"]
+    # packed batches have no padding to drop: never row by row
+    assert not devices.device_options("cpu", {**TRAIN, "packing": True}, base_width=width)["row_by_row"]
+
+
+def test_row_by_row_is_for_the_cpu_only(machine):
+    machine(cuda=True, mps=True, cpu_bf16=True)
+    for device in ("cuda", "mps"):
+        assert devices.device_options(device, TRAIN, base_width=576)["row_by_row"] is False
+
+
+def test_this_machine_reads_its_cpu_flags():
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    assert devices.cpu_bf16_native() == any(f in flags.split() for f in ("avx512_bf16", "amx_bf16"))
+
+
+def test_base_width_reads_the_hidden_size(tmp_path):
+    import json as _json
+
+    from snaketune.modeling import base_width
+
+    (tmp_path / "config.json").write_text(_json.dumps({"model_type": "llama", "hidden_size": 576,
+                                                       "num_hidden_layers": 2, "num_attention_heads": 9,
+                                                       "intermediate_size": 1536, "vocab_size": 100}))
+    assert base_width(tmp_path) == 576
+    assert base_width(tmp_path / "missing") is None
 
 
 @pytest.mark.parametrize("bf16, flash, want_dtype, want_packing", [
@@ -111,14 +156,14 @@ def test_cuda_options(machine, bf16, flash, want_dtype, want_packing):
     machine(cuda=True, cuda_bf16=bf16, flash=flash)
     options = devices.device_options("cuda", {**TRAIN, "quantization": "4bit"})
     assert options == {"device": "cuda", "dtype": want_dtype, "gradient_checkpointing": True,
-                       "packing": want_packing, "quantization": "4bit"}
+                       "packing": want_packing, "row_by_row": False, "quantization": "4bit"}
 
 
 def test_mps_options_fp32_by_default_no_packing_no_bitsandbytes(machine):
     machine(mps=True)
     options = devices.device_options("mps", TRAIN)
     assert options == {"device": "mps", "dtype": "fp32", "gradient_checkpointing": True, "packing": False,
-                       "quantization": "none"}
+                       "row_by_row": False, "quantization": "none"}
     assert devices.device_options("mps", {**TRAIN, "dtype": "fp16"})["dtype"] == "fp16"
     no_gc = devices.device_options("mps", {**TRAIN, "gradient_checkpointing": False})
     assert no_gc["gradient_checkpointing"] is False

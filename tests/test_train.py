@@ -326,6 +326,64 @@ def test_assistant_head_loss_equals_the_full_logits_loss_and_its_gradients(tiny)
     assert 0 <= trainer._metrics["train"]["mean_token_accuracy"][0] <= 1
 
 
+def test_row_batches_split_right_padded_batches_only():
+    import torch
+
+    from snaketune.training import row_batches
+
+    ids = torch.tensor([[5, 6, 7, 0], [8, 9, 0, 0], [1, 2, 3, 4]])
+    mask = (ids != 0).long()
+    labels = torch.where(mask.bool(), ids, torch.full_like(ids, -100))
+    rows = row_batches({"input_ids": ids, "attention_mask": mask, "labels": labels})
+    assert [r["input_ids"].tolist() for r in rows] == [[[5, 6, 7]], [[8, 9]], [[1, 2, 3, 4]]]
+    assert [r["attention_mask"].tolist() for r in rows] == [[[1, 1, 1]], [[1, 1]], [[1, 1, 1, 1]]]
+    assert rows[1]["labels"].tolist() == [[8, 9]]
+    left = torch.tensor([[0, 5, 6], [7, 8, 9]])
+    assert row_batches({"input_ids": left, "attention_mask": (left != 0).long()}) is None  # left padding
+    assert row_batches({"input_ids": ids[:1], "attention_mask": mask[:1]}) is None  # one row
+    assert row_batches({"input_ids": ids, "attention_mask": mask, "position_ids": [0, 1]}) is None
+    assert row_batches({"input_ids": ids}) is None  # no mask: nothing says where the padding is
+
+
+def test_a_step_row_by_row_has_the_gradients_of_the_padded_batch(tiny, tmp_path):
+    """What train.row_by_row runs (the trainer's own training_step, each row unpadded) sums to the padded
+    batch's loss and gradients."""
+    import torch
+    from datasets import Dataset
+    from trl import SFTConfig
+
+    from snaketune.modeling import load_base
+    from snaketune.training import label_mask_tokens, lora_config, tokenize_rows, trainer_class
+
+    settings = settings_for(train={"tools_rendered": "all"}, lora={"dropout": 0.0})
+    model, tokenizer = load_base({"name_or_path": str(tiny / "base")})
+    examples, _ = tokenize_rows(read_jsonl(tiny / "train.jsonl")[:3], tokenizer, settings)
+    assert len({len(e["input_ids"]) for e in examples}) == 3  # rows of different lengths: real padding
+    torch.manual_seed(0)
+    args = SFTConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", bf16=False,
+                     activation_checkpointing=False, per_device_train_batch_size=3)
+    trainer = trainer_class()(model=model, args=args, train_dataset=Dataset.from_list(examples),
+                              processing_class=tokenizer, peft_config=lora_config(settings), row_by_row=True)
+    trainer.current_gradient_accumulation_steps = 1
+    batch = trainer.data_collator(examples)
+    items = label_mask_tokens(batch["labels"])
+
+    def step(row_by_row: bool):
+        trainer.row_by_row = row_by_row
+        trainer.model.zero_grad()
+        loss = trainer.training_step(trainer.model, dict(batch), num_items_in_batch=torch.tensor(items))
+        grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+        return loss.item(), grads
+
+    padded_loss, padded = step(False)
+    rows_loss, rows = step(True)
+    assert padded_loss > 1.0 and abs(rows_loss - padded_loss) < 1e-5
+    assert len(padded) > 4
+    for name, grad in padded.items():
+        assert torch.allclose(rows[name], grad, atol=1e-6, rtol=1e-4), name
+    assert trainer._total_train_tokens == 2 * int(batch["attention_mask"].sum())  # padding never counted
+
+
 def test_tiny_base_is_deterministic_and_loads(tiny, tmp_path):
     from snaketune.modeling import build_tiny_base, load_base
 

@@ -61,6 +61,19 @@ def mps_bf16_supported() -> bool:
     return mps_available() and bool(torch.backends.mps.is_macos_or_newer(14, 0))
 
 
+def cpu_bf16_native() -> bool:
+    """The CPU multiplies bf16 in hardware (AVX512-BF16 or AMX): bf16 autocast is then faster than fp32."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False
+
+
 def flash_attention_available() -> bool:
     try:
         import flash_attn  # noqa: F401
@@ -156,13 +169,24 @@ def gpu_count() -> int:
 
 # --- what training does on the device -----------------------------------------------------------
 
-def device_options(device: str, train: dict, *, config_path: str | None = None) -> dict:
+# A base at least this wide (hidden size) is a real model: on a CPU its activations, not its weights, fill
+# memory (SmolLM2-135M, batch 4 padded: ~4.5 GB live, ~7 GB held), and bf16 matmuls pay for their casts.
+WIDE_BASE = 512
+
+
+def device_options(device: str, train: dict, *, base_width: int | None = None,
+                   config_path: str | None = None) -> dict:
     """``train``'s ``auto`` choices made concrete for ``device`` (TRL's own defaults are wrong off CUDA);
-    ``train`` is a specialist's train settings from the config file ``config_path``.
+    ``train`` is a specialist's train settings from the config file ``config_path``; ``base_width``: the
+    base's hidden size (None: unknown, taken as narrow).
 
     CUDA: bf16 where supported (else fp16), gradient checkpointing on, packing with flash attention.
     MPS: fp32 unless fp16 (or bf16 where torch supports it) is asked for, gradient checkpointing on,
-    no packing, no bitsandbytes. CPU: fp32 (bf16 if asked), no gradient checkpointing, no packing.
+    no packing, no bitsandbytes. CPU: no packing, no gradient checkpointing; for a base of ``WIDE_BASE``
+    or wider, each batch row by row (one row's activations at a time: the memory that checkpointing would
+    save, without its extra forward) and bf16 where the CPU multiplies it natively (AVX512-BF16, AMX),
+    else fp32. The tiny demo base trains in fp32 on padded batches (both are faster at its size).
+    bench/real_base.py measures each choice.
     """
     if device not in DEVICES:
         raise ValueError(f"unknown device {device!r}")
@@ -171,9 +195,13 @@ def device_options(device: str, train: dict, *, config_path: str | None = None) 
         raise SnaketuneError(config_path, f"quantization {quantization} (bitsandbytes, QLoRA) does not run "
                              "on Apple MPS", field="train.quantization",
                              fix="set train.quantization: none on MPS (plain LoRA), or resources.device: cpu")
+    wide = int(base_width or 0) >= WIDE_BASE
     dtype = train.get("dtype", "auto")
     if dtype == "auto":
-        dtype = ("bf16" if cuda_bf16_supported() else "fp16") if device == "cuda" else "fp32"
+        if device == "cuda":
+            dtype = "bf16" if cuda_bf16_supported() else "fp16"
+        else:
+            dtype = "bf16" if device == "cpu" and wide and cpu_bf16_native() else "fp32"
     if device == "cpu" and dtype == "fp16":
         raise SnaketuneError(config_path, "fp16 training needs a GPU", field="train.dtype",
                              fix="use auto or fp32 on CPU")
@@ -190,10 +218,13 @@ def device_options(device: str, train: dict, *, config_path: str | None = None) 
                              fix="set train.packing: auto or false on MPS")
     if packing == "auto":
         packing = device == "cuda" and flash_attention_available()
+    row_by_row = train.get("row_by_row", "auto")
+    row_by_row = (device == "cpu" and wide) if row_by_row == "auto" else bool(row_by_row)
     return {"device": device, "dtype": dtype, "gradient_checkpointing": bool(gc), "packing": bool(packing),
-            "quantization": quantization}
+            "row_by_row": bool(row_by_row and not packing), "quantization": quantization}
 
 
 __all__ = ["PREFERENCES", "DEVICES", "cuda_available", "cuda_bf16_supported", "cuda_device_count",
-           "mps_available", "mps_bf16_supported", "flash_attention_available", "nvidia_smi_count",
-           "device_preference", "resolve_device", "best_device", "gpu_count", "device_options"]
+           "mps_available", "mps_bf16_supported", "cpu_bf16_native", "flash_attention_available",
+           "nvidia_smi_count",
+           "device_preference", "resolve_device", "best_device", "gpu_count", "WIDE_BASE", "device_options"]

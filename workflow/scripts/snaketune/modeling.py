@@ -22,7 +22,8 @@ from .files import atomic_path, read_jsonl, sha256_tree
 
 __all__ = [
     "looks_local", "check_local_dir", "hub_error", "load_tokenizer", "set_pad_token", "quantization_config",
-    "load_base_model", "load_base", "read_adapter_config", "base_identity", "readable_tree", "corpus_texts",
+    "load_base_model", "load_base", "read_adapter_config", "base_width",
+    "base_identity", "readable_tree", "corpus_texts",
     "train_tokenizer", "tiny_model_config", "build_tiny_base"
 ]
 
@@ -253,6 +254,25 @@ def read_adapter_config(adapter_dir) -> tuple[Path, dict]:
     except ValueError as err:
         raise SnaketuneError(cfg_path, f"is not valid JSON ({err})",
                              fix="retrain the adapter (snakemake --forcerun train)") from err
+
+
+def base_width(name_or_path, revision=None, trust_remote_code: bool = False) -> int | None:
+    """The base's hidden size from its config (None where the config names none or cannot be read).
+
+    What the device's ``auto`` training choices depend on (snaketune.devices.device_options); the load
+    itself reports a base that cannot be read, with the file and the fix.
+    """
+    from transformers import AutoConfig
+
+    name = str(name_or_path)
+    kwargs = {"revision": revision} if revision and not looks_local(name) else {}
+    try:
+        config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code, **kwargs)
+    except (OSError, ValueError):
+        return None
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    width = getattr(text, "hidden_size", None)
+    return int(width) if isinstance(width, int) else None
 
 
 def base_identity(name_or_path, revision=None) -> dict:

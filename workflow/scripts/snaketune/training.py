@@ -30,7 +30,8 @@ from .tracking import check_tracking, start_tracking, without_tracking
 
 __all__ = [
     "DETERMINISTIC_FILES", "tokenize_rows", "label_mask_tokens", "resolve_options",
-    "training_arguments", "lora_config", "length_grouped_sampler", "assistant_head_loss", "trainer_class",
+    "training_arguments", "lora_config", "length_grouped_sampler", "assistant_head_loss", "row_batches",
+    "trainer_class",
     "set_threads", "train_adapter"
 ]
 
@@ -91,10 +92,11 @@ def label_mask_tokens(labels) -> int:
 
 # --- resolved options ---------------------------------------------------------------------------
 
-def resolve_options(train: dict, device: str, *, config_path: str) -> dict:
+def resolve_options(train: dict, device: str, *, config_path: str, base_width: int | None = None) -> dict:
     """``auto`` choices made concrete for this device (snaketune.devices.device_options); ``train`` is a
-    specialist's train settings from the config file ``config_path``."""
-    return device_options(device, train, config_path=config_path)
+    specialist's train settings from the config file ``config_path``; ``base_width``: the base's hidden
+    size."""
+    return device_options(device, train, base_width=base_width, config_path=config_path)
 
 
 def training_arguments(settings: dict, options: dict, output_dir) -> dict:
@@ -323,17 +325,42 @@ def assistant_head_loss(trainer, model, inputs, num_items_in_batch=None):
     return loss
 
 
+def row_batches(inputs) -> list[dict] | None:
+    """A right-padded batch as one unpadded batch per row; None where it cannot be split so (one row, left
+    padding, an entry that is not a (rows, positions) tensor).
+
+    A CPU computes a padded batch no faster than its rows one after the other, so splitting costs nothing
+    there, drops the padding, lets attention take its causal kernel (no mask), and holds one row's
+    activations at a time instead of the batch's.
+    """
+    import torch
+
+    mask = inputs.get("attention_mask")
+    ids = inputs.get("input_ids")
+    if mask is None or ids is None or ids.dim() != 2 or ids.shape[0] < 2:
+        return None
+    if any(not isinstance(v, torch.Tensor) or v.shape[:2] != ids.shape for v in inputs.values()):
+        return None
+    lengths = mask.sum(dim=1)
+    positions = torch.arange(ids.shape[1], device=mask.device)
+    if not bool((mask == (positions[None, :] < lengths[:, None])).all()):  # not right padding
+        return None
+    return [{k: v[r:r + 1, :int(n)] for k, v in inputs.items()} for r, n in enumerate(lengths.tolist())]
+
+
 def trainer_class():
     from trl import SFTTrainer
 
     class CheckedSFTTrainer(SFTTrainer):
         """SFTTrainer that refuses a batch whose loss mask is empty (it would train on nothing, silently).
 
-        ``config_path``: the config file whose ``train.max_seq_len`` that error names.
+        ``config_path``: the config file whose ``train.max_seq_len`` that error names. With ``row_by_row``
+        (snaketune.devices.device_options) each batch runs as one unpadded micro-batch per row.
         """
 
-        def __init__(self, *args, config_path: str | None = None, **kwargs):
+        def __init__(self, *args, config_path: str | None = None, row_by_row: bool = False, **kwargs):
             self.config_path = config_path
+            self.row_by_row = row_by_row
             super().__init__(*args, **kwargs)
 
         def training_step(self, model, inputs, num_items_in_batch=None):
@@ -343,7 +370,16 @@ def trainer_class():
                     self.config_path, f"batch at step {self.state.global_step} has an empty loss mask "
                     "(no assistant tokens after truncation)", field="train.max_seq_len",
                     fix="raise max_seq_len or drop rows whose assistant turn does not fit")
-            return super().training_step(model, inputs, num_items_in_batch)
+            rows = row_batches(inputs) if self.row_by_row and num_items_in_batch is not None else None
+            if rows is None:
+                return super().training_step(model, inputs, num_items_in_batch)
+            # Row by row: each row's forward and backward alone, unpadded; the loss of each is divided by the
+            # items of the whole accumulation group, so the summed gradients are the batch's.
+            loss = None
+            for row in rows:
+                part = super().training_step(model, row, num_items_in_batch)
+                loss = part if loss is None else loss + part
+            return loss
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             """Cross-entropy with the LM head applied only where a label is (the assistant's tokens).
@@ -457,18 +493,20 @@ def train_adapter(base_dir, train_path, val_path, out_dir, settings: dict, check
 def start_run(base_dir, settings: dict, base_cfg: dict | None, threads: int, gpus: int | None,
               checkpoint_dir, config_path: str) -> TrainingRun:
     """The device options, this process's rank, and the checkpoint directory of a train step."""
-    from .modeling import quantization_config
+    from .modeling import base_width, quantization_config
 
     base_cfg = dict(base_cfg or {})
+    base_name = str(base_dir) if base_dir else base_cfg["name_or_path"]
     gpus = settings.get("resources", {}).get("gpus", 0) if gpus is None else gpus
     device = resolve_device(gpus, device_preference(settings), config_path=config_path)
-    options = resolve_options(settings["train"], device, config_path=config_path)
+    width = base_width(base_name, base_cfg.get("revision"), bool(base_cfg.get("trust_remote_code", False)))
+    options = resolve_options(settings["train"], device, config_path=config_path, base_width=width)
     options["liger"] = resolve_kernels(settings["train"], options["device"], config_path=config_path)
     rank, world_size = rank_and_world()  # torchrun children (snaketune.launch): rank 0 alone writes
     if world_size > 1:
         options["world_size"] = world_size  # in the fingerprint: n processes train differently from one
     run = TrainingRun(settings=settings, base_cfg=base_cfg,
-                      base_name=str(base_dir) if base_dir else base_cfg["name_or_path"], options=options,
+                      base_name=base_name, options=options,
                       threads=threads, checkpoint_dir=Path(checkpoint_dir), config_path=config_path,
                       rank=rank, world_size=world_size)
     # refused here, before the checkpoint directory is touched
@@ -561,6 +599,7 @@ def build_trainer(run: TrainingRun):
         model=model, args=SFTConfig(**args), train_dataset=Dataset.from_list(run.train_examples),
         eval_dataset=Dataset.from_list(run.val_examples) if run.val_examples else None,
         processing_class=run.tokenizer, peft_config=peft_config, config_path=run.config_path,
+        row_by_row=options.get("row_by_row", False),
     )
     return trainer, args
 
