@@ -24,6 +24,7 @@ from .chat_template import encode_chat, gold_tool_names, specialist_chat, specia
 from .devices import device_options, device_preference, flash_attention_available, resolve_device
 from .errors import SnaketuneError
 from .files import atomic_path, dumps_json, read_jsonl, sha256_file, write_json
+from .host_memory import trim_heap
 from .kernels import resolve_kernels
 from .ranks import backend, barrier, gathered_state_dict, rank_and_world
 from .tracking import check_tracking, start_tracking, without_tracking
@@ -355,12 +356,15 @@ def trainer_class():
         """SFTTrainer that refuses a batch whose loss mask is empty (it would train on nothing, silently).
 
         ``config_path``: the config file whose ``train.max_seq_len`` that error names. With ``row_by_row``
-        (snaketune.devices.device_options) each batch runs as one unpadded micro-batch per row.
+        (snaketune.devices.device_options) each batch runs as one unpadded micro-batch per row; with
+        ``trim_heap`` (CPU training) the heap's free pages go back to the kernel after each of them.
         """
 
-        def __init__(self, *args, config_path: str | None = None, row_by_row: bool = False, **kwargs):
+        def __init__(self, *args, config_path: str | None = None, row_by_row: bool = False,
+                     trim_heap: bool = False, **kwargs):
             self.config_path = config_path
             self.row_by_row = row_by_row
+            self.heap_trim = trim_heap
             super().__init__(*args, **kwargs)
 
         def training_step(self, model, inputs, num_items_in_batch=None):
@@ -371,14 +375,14 @@ def trainer_class():
                     "(no assistant tokens after truncation)", field="train.max_seq_len",
                     fix="raise max_seq_len or drop rows whose assistant turn does not fit")
             rows = row_batches(inputs) if self.row_by_row and num_items_in_batch is not None else None
-            if rows is None:
-                return super().training_step(model, inputs, num_items_in_batch)
             # Row by row: each row's forward and backward alone, unpadded; the loss of each is divided by the
             # items of the whole accumulation group, so the summed gradients are the batch's.
             loss = None
-            for row in rows:
-                part = super().training_step(model, row, num_items_in_batch)
+            for part_inputs in rows or [inputs]:
+                part = super().training_step(model, part_inputs, num_items_in_batch)
                 loss = part if loss is None else loss + part
+            if self.heap_trim:
+                trim_heap()
             return loss
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -599,7 +603,7 @@ def build_trainer(run: TrainingRun):
         model=model, args=SFTConfig(**args), train_dataset=Dataset.from_list(run.train_examples),
         eval_dataset=Dataset.from_list(run.val_examples) if run.val_examples else None,
         processing_class=run.tokenizer, peft_config=peft_config, config_path=run.config_path,
-        row_by_row=options.get("row_by_row", False),
+        row_by_row=options.get("row_by_row", False), trim_heap=options["device"] == "cpu",
     )
     return trainer, args
 
