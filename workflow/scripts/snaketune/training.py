@@ -113,7 +113,8 @@ def training_arguments(settings: dict, options: dict, output_dir) -> dict:
         "warmup_steps": min(warmup, 0.999),  # below 1: a ratio of the total steps
         "weight_decay": float(train.get("weight_decay", 0.0)),
         "per_device_train_batch_size": int(train["batch_size"]),
-        "per_device_eval_batch_size": int(train["batch_size"]),
+        # the validation loss takes TRL's full-vocabulary logits: row by row, one row's at a time
+        "per_device_eval_batch_size": 1 if options.get("row_by_row") else int(train["batch_size"]),
         "gradient_accumulation_steps": int(train["grad_accum"]),
         "max_length": int(train["max_seq_len"]),
         "packing": options["packing"],
