@@ -38,6 +38,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -237,8 +238,8 @@ def speed_part(args) -> dict:
                   f"({res['settings']['dtype']}, gc {res['settings']['gradient_checkpointing']})", flush=True)
     summary = {}
     for variant, runs in rounds.items():
-        tps = sorted(r["tokens_per_s"] for r in runs)
-        summary[variant] = {"tokens_per_s_median": tps[len(tps) // 2],
+        median = statistics.median(r["tokens_per_s"] for r in runs)  # of two rounds: their mean
+        summary[variant] = {"tokens_per_s_median": round(median, 1),
                             "peak_rss_gb": round(max(r["peak_rss_mib"] for r in runs) / 1024, 2),
                             "padding_share": runs[0]["padding_share"], "settings": runs[0]["settings"],
                             "final_train_loss": [r["final_train_loss"] for r in runs], "runs": runs}
