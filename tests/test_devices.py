@@ -101,7 +101,8 @@ def test_cpu_options_are_unchanged(machine):
     machine(cuda=True, flash=True)  # what the machine has does not matter once the device is chosen
     assert devices.device_options("cpu", TRAIN) == {"device": "cpu", "dtype": "fp32",
                                                     "gradient_checkpointing": False, "packing": False,
-                                                    "row_by_row": False, "quantization": "none"}
+                                                    "row_by_row": False, "trim_heap": False,
+                                                    "quantization": "none"}
     with pytest.raises(SnaketuneError, match=r"train\.dtype: fp16 training needs a GPU"):
         devices.device_options("cpu", {**TRAIN, "dtype": "fp16"})
     # training's name for it
@@ -119,6 +120,7 @@ def test_cpu_options_for_a_wide_base(machine, width, cpu_bf16, want_dtype, want_
     options = devices.device_options("cpu", TRAIN, base_width=width)
     assert (options["dtype"], options["row_by_row"], options["gradient_checkpointing"]) == (
         want_dtype, want_rows, False)
+    assert options["trim_heap"] is want_rows  # only a wide base's heap is worth trimming
     # what the config says wins over auto
     forced = devices.device_options("cpu", {**TRAIN, "dtype": "fp32", "row_by_row": False}, base_width=width)
     assert (forced["dtype"], forced["row_by_row"]) == ("fp32", False)
@@ -130,7 +132,8 @@ def test_cpu_options_for_a_wide_base(machine, width, cpu_bf16, want_dtype, want_
 def test_row_by_row_is_for_the_cpu_only(machine):
     machine(cuda=True, mps=True, cpu_bf16=True)
     for device in ("cuda", "mps"):
-        assert devices.device_options(device, TRAIN, base_width=576)["row_by_row"] is False
+        options = devices.device_options(device, TRAIN, base_width=576)
+        assert options["row_by_row"] is False and options["trim_heap"] is False
 
 
 def test_this_machine_reads_its_cpu_flags():
@@ -156,14 +159,15 @@ def test_cuda_options(machine, bf16, flash, want_dtype, want_packing):
     machine(cuda=True, cuda_bf16=bf16, flash=flash)
     options = devices.device_options("cuda", {**TRAIN, "quantization": "4bit"})
     assert options == {"device": "cuda", "dtype": want_dtype, "gradient_checkpointing": True,
-                       "packing": want_packing, "row_by_row": False, "quantization": "4bit"}
+                       "packing": want_packing, "row_by_row": False, "trim_heap": False,
+                       "quantization": "4bit"}
 
 
 def test_mps_options_fp32_by_default_no_packing_no_bitsandbytes(machine):
     machine(mps=True)
     options = devices.device_options("mps", TRAIN)
     assert options == {"device": "mps", "dtype": "fp32", "gradient_checkpointing": True, "packing": False,
-                       "row_by_row": False, "quantization": "none"}
+                       "row_by_row": False, "trim_heap": False, "quantization": "none"}
     assert devices.device_options("mps", {**TRAIN, "dtype": "fp16"})["dtype"] == "fp16"
     no_gc = devices.device_options("mps", {**TRAIN, "gradient_checkpointing": False})
     assert no_gc["gradient_checkpointing"] is False

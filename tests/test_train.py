@@ -243,7 +243,7 @@ def test_config_maps_to_cpu_training_arguments(tmp_path):
     )
     options = resolve_options(settings["train"], "cpu", config_path=CONFIG_PATH)
     assert options == {"device": "cpu", "dtype": "fp32", "gradient_checkpointing": False, "packing": False,
-                       "row_by_row": False, "quantization": "none"}
+                       "row_by_row": False, "trim_heap": False, "quantization": "none"}
     args = training_arguments(settings, options, tmp_path / "ckpt")
     assert args["learning_rate"] == 1.5e-3 and args["per_device_train_batch_size"] == 3
     assert args["gradient_accumulation_steps"] == 2 and args["seed"] == 11 and args["max_length"] == 256
@@ -489,17 +489,37 @@ def test_train_adapter_writes_a_complete_loadable_adapter_and_is_reproducible(ti
     assert sha256_file(tmp_path / "c" / weights) == sha256_file(out / weights)
 
 
-def test_cpu_training_trims_the_heap_after_every_step(tiny, tmp_path, monkeypatch):
-    from snaketune import host_memory, training
+def test_cpu_training_of_a_wide_base_trims_the_heap_after_every_step(tiny, tmp_path, monkeypatch):
+    from snaketune import devices, host_memory, training
 
     calls = []
     monkeypatch.setattr(training, "trim_heap", lambda: calls.append(1) or True)
+    _train(tiny, tmp_path / "narrow", tmp_path / "ck_n", train={"max_steps": 2})
+    assert calls == []  # the tiny base: trimming would only cost time (15-20 %)
+    monkeypatch.setattr(devices, "WIDE_BASE", 16)  # the tests' tiny base (hidden 32) plays a wide one
     metrics = _train(tiny, tmp_path / "t", tmp_path / "ck_t", train={"max_steps": 3})
+    spec = json.loads((tmp_path / "t" / "specialist_config.json").read_text())
+    assert spec["resolved"]["row_by_row"] is True and spec["resolved"]["trim_heap"] is True
+    assert spec["resolved"]["per_device_eval_batch_size"] == 1
     assert metrics["global_step"] == 3 and len(calls) == 3
     # and on this (glibc) machine the real call releases what was freed
     blocks = [bytearray(64 * 1024) for _ in range(2000)]  # ~128 MB from the heap (below the mmap threshold)
     del blocks
     assert host_memory.trim_heap() is True
+
+
+def test_row_by_row_is_off_with_several_training_processes(tiny, tmp_path, monkeypatch):
+    from snaketune import devices, training
+
+    monkeypatch.setattr(devices, "WIDE_BASE", 16)
+    monkeypatch.setattr(training, "rank_and_world", lambda: (0, 2))
+    run = training.start_run(tiny / "base", settings_for(), {"name_or_path": "results/base/tiny"}, 1, 0,
+                             tmp_path / "ck", CONFIG_PATH)
+    assert run.world_size == 2 and run.options["row_by_row"] is False and run.options["trim_heap"] is True
+    monkeypatch.setattr(training, "rank_and_world", lambda: (0, 1))
+    run = training.start_run(tiny / "base", settings_for(), {"name_or_path": "results/base/tiny"}, 1, 0,
+                             tmp_path / "ck", CONFIG_PATH)
+    assert run.options["row_by_row"] is True
 
 
 def test_packing_can_be_switched_on_on_cpu(tiny, tmp_path):

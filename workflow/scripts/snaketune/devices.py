@@ -185,7 +185,8 @@ def device_options(device: str, train: dict, *, base_width: int | None = None,
     no packing, no bitsandbytes. CPU: no packing, no gradient checkpointing; for a base of ``WIDE_BASE``
     or wider, each batch row by row (one row's activations at a time: the memory that checkpointing would
     save, without its extra forward) and bf16 where the CPU multiplies it natively (AVX512-BF16, AMX),
-    else fp32. The tiny demo base trains in fp32 on padded batches (both are faster at its size).
+    else fp32, and the heap trimmed after each step (snaketune.host_memory). The tiny demo base trains in
+    fp32 on padded batches, untrimmed (each is faster at its size: trimming cost it 15-20 %).
     bench/real_base.py measures each choice.
     """
     if device not in DEVICES:
@@ -221,7 +222,8 @@ def device_options(device: str, train: dict, *, base_width: int | None = None,
     row_by_row = train.get("row_by_row", "auto")
     row_by_row = (device == "cpu" and wide) if row_by_row == "auto" else bool(row_by_row)
     return {"device": device, "dtype": dtype, "gradient_checkpointing": bool(gc), "packing": bool(packing),
-            "row_by_row": bool(row_by_row and not packing), "quantization": quantization}
+            "row_by_row": bool(row_by_row and not packing), "trim_heap": device == "cpu" and wide,
+            "quantization": quantization}
 
 
 __all__ = ["PREFERENCES", "DEVICES", "cuda_available", "cuda_bf16_supported", "cuda_device_count",

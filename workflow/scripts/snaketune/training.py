@@ -358,7 +358,8 @@ def trainer_class():
 
         ``config_path``: the config file whose ``train.max_seq_len`` that error names. With ``row_by_row``
         (snaketune.devices.device_options) each batch runs as one unpadded micro-batch per row; with
-        ``trim_heap`` (CPU training) the heap's free pages go back to the kernel after each step.
+        ``trim_heap`` (CPU training of a wide base) the heap's free pages go back to the kernel after each
+        step.
         """
 
         def __init__(self, *args, config_path: str | None = None, row_by_row: bool = False,
@@ -510,6 +511,9 @@ def start_run(base_dir, settings: dict, base_cfg: dict | None, threads: int, gpu
     rank, world_size = rank_and_world()  # torchrun children (snaketune.launch): rank 0 alone writes
     if world_size > 1:
         options["world_size"] = world_size  # in the fingerprint: n processes train differently from one
+        if options["row_by_row"]:  # each row's backward would synchronise the gradients again
+            log.info("train.row_by_row: off with %d training processes", world_size)
+            options["row_by_row"] = False
     run = TrainingRun(settings=settings, base_cfg=base_cfg,
                       base_name=base_name, options=options,
                       threads=threads, checkpoint_dir=Path(checkpoint_dir), config_path=config_path,
@@ -604,7 +608,7 @@ def build_trainer(run: TrainingRun):
         model=model, args=SFTConfig(**args), train_dataset=Dataset.from_list(run.train_examples),
         eval_dataset=Dataset.from_list(run.val_examples) if run.val_examples else None,
         processing_class=run.tokenizer, peft_config=peft_config, config_path=run.config_path,
-        row_by_row=options.get("row_by_row", False), trim_heap=options["device"] == "cpu",
+        row_by_row=options.get("row_by_row", False), trim_heap=options.get("trim_heap", False),
     )
     return trainer, args
 
