@@ -33,7 +33,7 @@ __all__ = [
     "DETERMINISTIC_FILES", "tokenize_rows", "label_mask_tokens", "resolve_options",
     "training_arguments", "lora_config", "length_grouped_sampler", "assistant_head_loss", "row_batches",
     "trainer_class",
-    "set_threads", "train_adapter"
+    "set_threads", "start_run", "train_adapter"
 ]
 
 log = logging.getLogger("snaketune.training")
