@@ -6,8 +6,9 @@ requests do not fit, so the heap grows over the steps although little of it is l
 3.5 GB after 20 steps, 2.7 GB when the heap is trimmed after each step. ``trim_heap`` (glibc's
 ``malloc_trim(0)``) returns the free pages of every arena to the kernel; the trainer calls it after each
 optimizer step when it trains a wide base on a CPU (devices.device_options; the tiny base's steps
-are short, and trimming cost it 15-20 %). The pages it returns are faulted in again by the next step: ~7 % slower than
-keeping them, ~25 % when trimmed after every row (bench/real_base.py, ``ours_no_trim``). Setting glibc's
+are short, and trimming cost it 15-20 %). The pages it returns are faulted in again by the next step:
+~7 % slower than keeping them, ~25 % when trimmed after every row (bench/real_base.py, ``ours_no_trim``).
+Setting glibc's
 mmap threshold low instead (``MALLOC_MMAP_THRESHOLD_``) keeps the heap small too, but every large tensor
 then costs fresh page faults: 2.2x slower there.
 """
